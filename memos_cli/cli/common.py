@@ -1,0 +1,64 @@
+"""What every command shares: the store option, errors, JSON and input helpers."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from ..core.config import resolve_store_path
+from ..core.errors import UsageError
+
+
+def open_store(ctx: typer.Context) -> Any:
+    """The ``MemoryStore`` named by ``--store``/``$MEMOS_HOME``/``~/.memos``."""
+    from ..core.store import MemoryStore
+
+    obj = ctx.ensure_object(dict)
+    if "store" not in obj:
+        obj["store"] = MemoryStore(resolve_store_path(obj.get("store_path")))
+    return obj["store"]
+
+
+def say_notices(store: Any) -> None:
+    """Tell the user what the store did on its own (a recovery, say)."""
+    for notice in store.notices:
+        print(f"memos: {notice}", file=sys.stderr)
+    store.notices.clear()
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, ensure_ascii=False) + "\n")
+
+
+def read_source(source: str, what: str) -> str:
+    """The text of FILE, or of stdin for '-', strictly as UTF-8."""
+    try:
+        raw = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"no such file: {source}") from None
+    except IsADirectoryError:
+        raise UsageError(f"{source} is a directory, not a file") from None
+    except PermissionError:
+        raise UsageError(f"cannot read {source}: permission denied") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        name = "stdin" if source == "-" else source
+        raise UsageError(f"{what} from {name} is not valid UTF-8 (byte {exc.start})") from None
+
+
+def read_json_lines(source: str) -> list[tuple[int, Any]]:
+    """(line number, object) for each non-blank line; a bad line names its number."""
+    records = []
+    for lineno, line in enumerate(read_source(source, "input").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append((lineno, json.loads(line)))
+        except ValueError as exc:
+            raise UsageError(f"line {lineno}: not valid JSON ({exc.msg})") from None
+    return records

@@ -1,0 +1,58 @@
+"""``memos demo``: the whole loop on a scratch store, with the default models."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .app import app
+
+DEMO_MEMORIES = [
+    ("Alice moved to Lisbon in March 2023 and works as a marine biologist.", "fact", ["alice"], "2023-03-14"),
+    ("Alice prefers green tea to coffee, and never drinks anything after 6 pm.", "preference", ["alice"], "2023-06-02"),
+    ("Bob is training for the Berlin marathon in September.", "fact", ["bob"], "2024-05-20"),
+    ("Team standup moved to 10:00 on Tuesdays and Thursdays.", "note", ["work"], "2024-09-01"),
+    ("Dinner with Alice and Bob at the Thai place on Rua Augusta; Bob brought his new dog, Pixel.",
+     "episode", ["alice", "bob"], "2024-10-11"),
+]
+DEMO_QUERIES = ["What does Alice like to drink?", "Where does Alice live?", "Who has a dog?"]
+
+
+@app.command()
+def demo(
+    keep: Annotated[str | None, typer.Option("--keep", metavar="DIR",
+                    help="Build the demo store here and keep it (default: a temporary directory).")] = None,
+) -> None:
+    """Run the main loop on a scratch store: add memories, recall them, show the history.
+
+    Uses the embedded default models; nothing is downloaded. Example: memos demo
+    """
+    from rich.console import Console
+
+    from ..core.retrieval import Filters
+    from ..core.store import MemoryStore
+    from ..render import hits_table, units_table
+
+    console = Console()
+    with tempfile.TemporaryDirectory(prefix="memos-demo-") as tmp:
+        root = Path(keep) if keep else Path(tmp) / "store"
+        store = MemoryStore(root)
+        store.init()
+        console.rule(f"[bold]memos demo[/bold]: a scratch store at {root}")
+        for text, kind, tags, when in DEMO_MEMORIES:
+            unit = store.add(text, kind=kind, tags=tags, time=when, user="demo")
+            console.print(f"[green]memos add[/green] --kind {kind} {text[:60]!r}…  -> {unit.id}")
+        console.print()
+        units_table(store.list(Filters(), limit=0), title="memos list")
+        for query in DEMO_QUERIES:
+            console.rule(f"memos recall {query!r} -k 3")
+            hits_table(store.recall(query, 3), query)
+        console.rule("history (one commit per change)")
+        for commit in store.history(20):
+            console.print(f"[yellow]{commit.sha[:10]}[/yellow] {commit.when:%Y-%m-%d %H:%M} "
+                          f"{commit.message.splitlines()[0]}")
+        if keep:
+            console.print(f"\nThe store is kept at {root}: try `memos --store {root} recall 'marathon'`.")

@@ -1,0 +1,157 @@
+"""Commands that read memory: recall, list, show, stats. None of them commits."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from ..core.errors import UsageError
+from .app import app
+from .common import open_store, print_json, read_json_lines, say_notices
+
+KindF = Annotated[str | None, typer.Option("--kind", help="Only this kind.")]
+TagF = Annotated[list[str] | None, typer.Option("--tag", "-t", help="Only units with this tag; repeat to require more.")]
+CubeF = Annotated[str | None, typer.Option("--cube", help="Only this cube.")]
+UserF = Annotated[str | None, typer.Option("--user", help="Only this user's units.")]
+SinceF = Annotated[str | None, typer.Option("--since", help="Only units whose time is at or after this (ISO 8601, '7d ago').")]
+UntilF = Annotated[str | None, typer.Option("--until", help="Only units whose time is before this.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+
+
+def _filters(kind: str | None, tag: list[str] | None, cube: str | None, user: str | None,
+             since: str | None, until: str | None, status: str | None = "active") -> Any:
+    from ..core.retrieval import Filters
+    from ..core.units import STATUSES, parse_time
+
+    if status is not None and status not in STATUSES:
+        raise UsageError(f"bad status {status!r}: use one of {', '.join(STATUSES)} or 'all'")
+    return Filters(kind=kind, tags=tag or [], cube=cube, user=user,
+                   since=parse_time(since, "--since"), until=parse_time(until, "--until"), status=status)
+
+
+def _open_existing(ctx: typer.Context) -> Any:
+    store = open_store(ctx)
+    store.config  # noqa: B018 - a missing or too-new store fails here, before any work
+    store.recover()
+    say_notices(store)
+    return store
+
+
+@app.command()
+def recall(
+    ctx: typer.Context,
+    query: Annotated[list[str] | None, typer.Argument(help="What to recall.", show_default=False)] = None,
+    k: Annotated[int, typer.Option("-k", help="How many results.", min=1, max=1000)] = 10,
+    kind: KindF = None, tag: TagF = None, cube: CubeF = None, user: UserF = None,
+    since: SinceF = None, until: UntilF = None,
+    batch: Annotated[str | None, typer.Option("--batch", metavar="FILE|-",
+                     help='JSON lines {"query", "k"}; writes one JSON line per query.')] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Find the memories that best match a query (full-text and vector search, fused).
+
+    Examples:
+
+      memos recall "what does Alice drink" -k 5
+
+      memos recall "deadline" --tag work --since "30d ago" --json
+
+      memos recall --batch questions.jsonl > answers.jsonl
+    """
+    if batch is None and not query:
+        raise UsageError("give a query, or --batch FILE")
+    if batch is not None and query:
+        raise UsageError("give either a query or --batch, not both")
+    filters = _filters(kind, tag, cube, user, since, until)
+    if batch is not None:
+        records = read_json_lines(batch)
+        queries, ks = [], []
+        for lineno, rec in records:
+            if not isinstance(rec, dict) or not isinstance(rec.get("query"), str) or not rec["query"].strip():
+                raise UsageError(f"line {lineno}: expected {{\"query\": \"...\", \"k\": N}}")
+            kk = rec.get("k", k)
+            if not isinstance(kk, int) or isinstance(kk, bool) or not 1 <= kk <= 1000:
+                raise UsageError(f"line {lineno}: bad k {kk!r}")
+            queries.append(rec["query"])
+            ks.append(kk)
+        store = _open_existing(ctx)
+        store.preload_embedder()
+        results = store.recall_many(queries, ks, filters) if queries else []
+        out = sys.stdout
+        for q, hits in zip(queries, results, strict=False):
+            import json
+
+            out.write(json.dumps({"query": q, "results": [h.to_json() for h in hits]}, ensure_ascii=False) + "\n")
+        return
+    text = " ".join(query or [])
+    store = _open_existing(ctx)
+    store.preload_embedder()
+    hits = store.recall(text, k, filters)
+    if json_out:
+        print_json({"query": text, "results": [h.to_json() for h in hits]})
+    else:
+        from ..render import hits_table
+
+        hits_table(hits, text)
+
+
+@app.command("list")
+def list_(
+    ctx: typer.Context,
+    kind: KindF = None, tag: TagF = None, cube: CubeF = None, user: UserF = None,
+    since: SinceF = None, until: UntilF = None,
+    status: Annotated[str, typer.Option("--status", help="active, archived, deleted, or all.")] = "active",
+    limit: Annotated[int, typer.Option("--limit", "-n", help="At most this many (0: all).", min=0)] = 50,
+    json_out: JsonOpt = False,
+) -> None:
+    """List memories, newest first.
+
+    Example: memos list --kind fact --tag alice -n 20
+    """
+    filters = _filters(kind, tag, cube, user, since, until, None if status == "all" else status)
+    store = _open_existing(ctx)
+    units = store.list(filters, limit=limit)
+    if json_out:
+        print_json([u.to_json() for u in units])
+    else:
+        from ..render import units_table
+
+        units_table(units)
+
+
+@app.command()
+def show(
+    ctx: typer.Context,
+    unit_id: Annotated[str, typer.Argument(help="A unit's id, or a unique prefix of it.", metavar="ID")],
+    json_out: JsonOpt = False,
+) -> None:
+    """Show one memory with all its fields.
+
+    Example: memos show 01jd3x7k9m
+    """
+    store = _open_existing(ctx)
+    unit = store.get(unit_id)
+    if json_out:
+        print_json(unit.to_json())
+    else:
+        from ..render import unit_detail
+
+        unit_detail(unit)
+
+
+@app.command()
+def stats(ctx: typer.Context, json_out: JsonOpt = False) -> None:
+    """Counts by kind, status and cube, and sizes on disk.
+
+    Example: memos stats --json
+    """
+    store = _open_existing(ctx)
+    data = store.stats()
+    if json_out:
+        print_json(data)
+    else:
+        from ..render import stats_view
+
+        stats_view(data)

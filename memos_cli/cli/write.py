@@ -1,0 +1,133 @@
+"""Commands that change memory: init, add, import, compact."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Annotated
+
+import typer
+
+from ..core.errors import UsageError
+from .app import app
+from .common import open_store, print_json, read_json_lines, read_source, say_notices
+
+KindOpt = Annotated[str, typer.Option("--kind", help="fact, preference, episode, note, or a word of your own.")]
+TagOpt = Annotated[list[str] | None, typer.Option("--tag", "-t", help="A tag; repeat for more.")]
+MetaOpt = Annotated[list[str] | None, typer.Option("--meta", "-m", help="key=value (JSON values allowed); repeat for more.")]
+CubeOpt = Annotated[str, typer.Option("--cube", help="Namespace for this memory.")]
+UserOpt = Annotated[str | None, typer.Option("--user", help="Who it belongs to (default: $MEMOS_USER or $USER).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+
+
+@app.command()
+def init(ctx: typer.Context, json_out: JsonOpt = False) -> None:
+    """Create the memory store (the first write creates it too).
+
+    Example: memos --store ~/notes-memory init
+    """
+    store = open_store(ctx)
+    created = store.init()
+    say_notices(store)
+    if json_out:
+        print_json({"store": str(store.root), "created": created})
+    else:
+        print(f"{'created' if created else 'already a store:'} {store.root}")
+
+
+@app.command()
+def add(
+    ctx: typer.Context,
+    text: Annotated[list[str], typer.Argument(help="The memory; '-' reads it from stdin.", show_default=False)],
+    kind: KindOpt = "note",
+    tag: TagOpt = None,
+    meta: MetaOpt = None,
+    time_: Annotated[str | None, typer.Option("--time", help="When it happened: ISO 8601, 'yesterday', '3d ago'.")] = None,
+    ttl: Annotated[str | None, typer.Option("--ttl", help="Expire after this long: 90s, 12h, 30d, 1y.")] = None,
+    importance: Annotated[float, typer.Option("--importance", help="0 to 1.", min=0.0, max=1.0)] = 0.5,
+    cube: CubeOpt = "default",
+    user: UserOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Remember something; prints the new id.
+
+    Examples:
+
+      memos add "Alice prefers tea over coffee" --kind preference --tag alice
+
+      echo "standup moved to 10:00" | memos add - --ttl 30d
+    """
+    from ..core.units import parse_meta_pairs
+
+    body = read_source("-", "text") if text == ["-"] else " ".join(text)
+    store = open_store(ctx)
+    unit = store.add(
+        body, kind=kind, tags=tag or [], meta=parse_meta_pairs(meta or []), time=time_, ttl=ttl,
+        importance=importance, cube=cube, user=user,
+    )
+    say_notices(store)
+    if json_out:
+        print_json(unit.to_json())
+    else:
+        print(unit.id)
+
+
+@app.command("import")
+def import_(
+    ctx: typer.Context,
+    source: Annotated[str, typer.Argument(help="A JSON-lines file, or '-' for stdin.", metavar="FILE|-")],
+    kind: KindOpt = "note",
+    cube: CubeOpt = "default",
+    user: UserOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Import many memories in one commit, all or nothing.
+
+    Each line is a JSON object: {"text", "time", "kind", "tags", "meta"} and
+    optionally "cube", "user", "importance", "ttl", "sources". Flags give the
+    defaults for fields a line leaves out. A bad line is reported by its
+    number and nothing is imported.
+
+    Example: memos import chats.jsonl --cube work
+    """
+    records = read_json_lines(source)
+    defaults = {"kind": kind, "cube": cube, **({"user": user} if user else {})}
+    store = open_store(ctx)
+    started = time.perf_counter()
+    if sys.stderr.isatty() and not json_out:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        with Progress(TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      transient=True) as bar:
+            task = bar.add_task("import", total=len(records))
+            units = store.import_records(records, defaults=defaults,
+                                         progress=lambda done, total: bar.update(task, completed=done))
+    else:
+        units = store.import_records(records, defaults=defaults)
+    seconds = time.perf_counter() - started
+    say_notices(store)
+    if json_out:
+        print_json({"imported": len(units), "ids": [u.id for u in units], "seconds": round(seconds, 3),
+                    "commit": store.repo.head()})
+    else:
+        print(f"imported {len(units)} memories in {seconds:.1f}s ({len(units) / seconds:.0f}/s)")
+
+
+@app.command()
+def compact(ctx: typer.Context, json_out: JsonOpt = False) -> None:
+    """Merge table fragments, refresh the text index and repack git history.
+
+    Run it after many single adds, or from cron. Example: memos compact
+    """
+    from ..render import human_bytes
+
+    store = open_store(ctx)
+    if not store.exists():
+        raise UsageError(f"no memos store at {store.root}")
+    sizes = store.compact()
+    say_notices(store)
+    if json_out:
+        print_json(sizes)
+    else:
+        print(f"tables {human_bytes(sizes['tables_bytes_before'])} -> {human_bytes(sizes['tables_bytes_after'])}, "
+              f".git {human_bytes(sizes['git_bytes_before'])} -> {human_bytes(sizes['git_bytes_after'])}")

@@ -1,0 +1,276 @@
+"""The plaintext memory unit: its fields, ids, and validation of user input.
+
+A unit is one remembered thing (a fact, a preference, an episode, a note)
+with the MemOS metadata header: provenance (``sources``), versioning
+(``version``, ``supersedes``), lifecycle (``status``, ``expires_at``,
+``valid_from``/``valid_to``), priority (``importance``) and usage
+(``access_count``, ``last_accessed``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import time as _time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from .errors import UsageError
+
+MAX_TEXT_BYTES = 1024 * 1024
+KINDS_SUGGESTED = ("fact", "preference", "episode", "note")
+STATUSES = ("active", "archived", "deleted")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+
+# Ids: 10 characters of milliseconds since the epoch and 4 random ones, in
+# Crockford's base32 (lower case). They sort by creation time, and ids made in
+# one process are strictly increasing (the random part counts up within a
+# millisecond), so a batch keeps its order.
+_B32 = "0123456789abcdefghjkmnpqrstvwxyz"
+_id_lock = threading.Lock()
+_last_id = [0, 0]  # [milliseconds, random part]
+
+
+def _b32(value: int, width: int) -> str:
+    chars = []
+    for _ in range(width):
+        chars.append(_B32[value & 31])
+        value >>= 5
+    return "".join(reversed(chars))
+
+
+def new_id() -> str:
+    """A short, unique id that sorts by creation time."""
+    with _id_lock:
+        ms = int(_time.time() * 1000)
+        if ms <= _last_id[0]:
+            ms, rand = _last_id[0], _last_id[1] + 1
+            if rand >= 32**4:
+                ms, rand = ms + 1, int.from_bytes(os.urandom(2), "big")
+        else:
+            rand = int.from_bytes(os.urandom(2), "big")
+        _last_id[0], _last_id[1] = ms, rand
+    return _b32(ms, 10) + _b32(rand, 4)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def parse_time(value: str | datetime | None, what: str = "time") -> datetime | None:
+    """An ISO 8601 date or time, 'now', 'today', 'yesterday', or '3d ago'.
+
+    A time without a zone is taken as local time. The result is in UTC.
+    """
+    if value is None or value == "":
+        return None
+    if isinstance(value, datetime):
+        dt = value
+    else:
+        text = value.strip()
+        low = text.lower()
+        if low == "now":
+            return utcnow()
+        if low in ("today", "yesterday"):
+            day = datetime.now().astimezone().replace(hour=0, minute=0, second=0, microsecond=0)
+            dt = day - timedelta(days=1) if low == "yesterday" else day
+        elif low.endswith(" ago"):
+            return utcnow() - parse_duration(low[:-4].strip(), what)
+        else:
+            try:
+                dt = datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
+            except ValueError:
+                raise UsageError(
+                    f"bad {what} {value!r}: use ISO 8601 (2024-05-08 or 2024-05-08T13:56), "
+                    "'now', 'today', 'yesterday' or '3d ago'"
+                ) from None
+    if dt.tzinfo is None:
+        dt = dt.astimezone()  # local time
+    return dt.astimezone(UTC)
+
+
+_DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d|w|y)$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
+
+
+def parse_duration(value: str, what: str = "ttl") -> timedelta:
+    """'90s', '15m', '12h', '30d', '2w', '1y'."""
+    match = _DURATION_RE.match(value.strip().lower()) if isinstance(value, str) else None
+    if not match or float(match.group(1)) <= 0:
+        raise UsageError(f"bad {what} {value!r}: use a positive number and a unit, like 90s, 15m, 12h, 30d, 2w or 1y")
+    return timedelta(seconds=float(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+
+
+def check_text(text: object) -> str:
+    if not isinstance(text, str):
+        raise UsageError("text must be a string")
+    if not text.strip():
+        raise UsageError("text is empty")
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_TEXT_BYTES:
+        raise UsageError(f"text is over {MAX_TEXT_BYTES // 1024} KiB; split it into several memories")
+    if "\x00" in text:
+        raise UsageError("text contains a NUL character")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError("text is not valid UTF-8") from None
+    return text
+
+
+def check_name(value: object, what: str) -> str:
+    """Cube, user and kind names: a word of letters, digits and _ . @ -."""
+    if not isinstance(value, str) or not _NAME_RE.match(value):
+        raise UsageError(f"bad {what} {value!r}: use 1-64 letters, digits, '_', '.', '@' or '-'")
+    return value
+
+
+def check_tags(tags: object) -> list[str]:
+    if tags is None:
+        return []
+    if isinstance(tags, str):
+        tags = [tags]
+    if not isinstance(tags, list) or not all(isinstance(t, str) and t.strip() for t in tags):
+        raise UsageError("tags must be a list of non-empty strings")
+    out: list[str] = []
+    for tag in tags:
+        tag = tag.strip()
+        if tag not in out:
+            out.append(tag)
+    return out
+
+
+def check_meta(meta: object) -> dict[str, Any]:
+    if meta is None:
+        return {}
+    if not isinstance(meta, dict):
+        raise UsageError("meta must be a JSON object")
+    try:
+        json.dumps(meta)
+    except (TypeError, ValueError):
+        raise UsageError("meta must be plain JSON") from None
+    return meta
+
+
+def parse_meta_pairs(pairs: list[str]) -> dict[str, Any]:
+    """``key=value`` pairs; a value that parses as JSON is kept as JSON."""
+    meta: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"bad --meta {pair!r}: use key=value")
+        try:
+            value: Any = json.loads(raw)
+        except ValueError:
+            value = raw
+        meta[key.strip()] = value
+    return meta
+
+
+def check_importance(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+        raise UsageError(f"bad importance {value!r}: use a number from 0 to 1")
+    return float(value)
+
+
+@dataclass
+class MemoryUnit:
+    """One plaintext memory unit, as stored in the ``units`` table."""
+
+    id: str
+    text: str
+    kind: str = "note"
+    tags: list[str] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    cube: str = "default"
+    user: str = ""
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    time: datetime | None = None
+    valid_from: datetime | None = None
+    valid_to: datetime | None = None
+    importance: float = 0.5
+    access_count: int = 0
+    last_accessed: datetime | None = None
+    expires_at: datetime | None = None
+    status: str = "active"
+    version: int = 1
+    supersedes: str | None = None
+    model: str = ""
+    vector: list[float] | None = field(default=None, repr=False)
+
+    def to_json(self, with_vector: bool = False) -> dict[str, Any]:
+        """A JSON-ready dict; times as ISO 8601 in UTC."""
+        out = asdict(self)
+        if not with_vector:
+            out.pop("vector")
+        elif self.vector is not None:
+            out["vector"] = [float(x) for x in self.vector]
+        for key, value in out.items():
+            if isinstance(value, datetime):
+                out[key] = iso(value)
+        return out
+
+
+def iso(dt: datetime | None) -> str | None:
+    if dt is None:
+        return None
+    return dt.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def default_user() -> str:
+    """``$MEMOS_USER``, else the login name."""
+    name = os.environ.get("MEMOS_USER") or os.environ.get("USER") or os.environ.get("LOGNAME") or "user"
+    return name if _NAME_RE.match(name) else "user"
+
+
+def build_unit(
+    text: object,
+    *,
+    kind: object = "note",
+    tags: object = None,
+    meta: object = None,
+    sources: object = None,
+    cube: object = "default",
+    user: object = None,
+    time: object = None,
+    ttl: object = None,
+    importance: object = 0.5,
+    now: datetime | None = None,
+) -> MemoryUnit:
+    """Validate raw input (from flags or a JSON line) into a new unit.
+
+    Raises ``UsageError`` naming the first bad field.
+    """
+    now = now or utcnow()
+    when = parse_time(time, "time") if isinstance(time, (str, datetime)) or time is None else None
+    if time is not None and not isinstance(time, (str, datetime)):
+        raise UsageError(f"bad time {time!r}: use an ISO 8601 string")
+    expires = None
+    if ttl is not None:
+        if not isinstance(ttl, str):
+            raise UsageError(f"bad ttl {ttl!r}: use a string like 30d")
+        expires = now + parse_duration(ttl)
+    if sources is not None and (
+        not isinstance(sources, list) or not all(isinstance(s, dict) for s in sources)
+    ):
+        raise UsageError("sources must be a list of JSON objects")
+    return MemoryUnit(
+        id=new_id(),
+        text=check_text(text),
+        kind=check_name(kind if kind is not None else "note", "kind"),
+        tags=check_tags(tags),
+        meta=check_meta(meta),
+        sources=list(sources or []),
+        cube=check_name(cube if cube is not None else "default", "cube"),
+        user=check_name(user, "user") if user is not None else default_user(),
+        created_at=now,
+        updated_at=now,
+        time=when or now,
+        valid_from=when or now,
+        importance=check_importance(importance if importance is not None else 0.5),
+        expires_at=expires,
+    )
