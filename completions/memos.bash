@@ -106,8 +106,11 @@ _memos()
             ;;
         list)
             case "$prev" in
-                --kind|--tag|-t|--cube|--user|--since|--until|--status|--limit|-n)
+                --kind|--tag|-t|--cube|--user|--since|--until|--limit|-n)
                     :  # a value with nothing to offer
+                    return 0 ;;
+                --status)
+                    COMPREPLY=($(compgen -W "active archived deleted all" -- "$cur"))
                     return 0 ;;
             esac
             if [[ $cur == -* ]]; then

@@ -121,10 +121,13 @@ def test_compact(cli, filled):
         (["import", "-"], b'\xff\xfe{"text": "x"}\n', "not valid UTF-8"),
         (["import", "/nonexistent/file.jsonl"], None, "no such file"),
         (["show", "zzzzzzzzzzzzzz"], None, "no memory with id"),
-        (["recall", "tea", "--since", "soonish"], None, "bad time"),
+        (["recall", "tea", "--since", "soonish"], None, "bad --since"),
         (["recall", "--batch", "-"], b'{"query": "tea"}\n{"q": "x"}\n', "line 2"),
         (["recall", "--batch", "-"], b'{"query": "tea", "k": 0}\n', "bad k"),
-        (["list", "--status", "weird"], None, "bad status"),
+        (["list", "--status", "weird"], None, "invalid value for '--status'"),
+        (["recall", "tea", "-k", "0"], None, "invalid value for '-k'"),
+        (["add", "tea", "--no-such-flag"], None, "no such option"),
+        (["recall"], None, "give a query"),
     ],
 )
 def test_bad_input_fails_cleanly(cli, filled, args, stdin, match):

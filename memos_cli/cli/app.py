@@ -54,11 +54,20 @@ def main() -> None:
     from . import completions, demo, read, write  # noqa: F401 - registers the commands (in this order in --help)
 
     try:
-        app()
+        code = app(prog_name="memos", standalone_mode=False)
+    except typer.TyperException as exc:  # bad flags and arguments, found by typer's parser
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError":  # typer has printed the help already
+            sys.exit(2)
+        format_message = getattr(exc, "format_message", None)
+        message = " ".join((format_message() if format_message else str(exc)).split())
+        where = ctx.command_path if ctx else "memos"
+        print(f"memos: error: {message} (see `{where} --help`)", file=sys.stderr)
+        sys.exit(getattr(exc, "exit_code", 2))
     except MemosError as exc:
         print(f"memos: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, typer.Abort):
         print("memos: interrupted", file=sys.stderr)
         sys.exit(130)
     except BrokenPipeError:
@@ -70,3 +79,4 @@ def main() -> None:
         print(f"memos: internal error: {type(exc).__name__}: {exc} (MEMOS_DEBUG=1 shows the traceback)",
               file=sys.stderr)
         sys.exit(70)
+    sys.exit(code if isinstance(code, int) else 0)

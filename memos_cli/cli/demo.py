@@ -28,7 +28,9 @@ def demo(
 ) -> None:
     """Run the main loop on a scratch store: add memories, recall them, show the history.
 
-    Uses the embedded default models; nothing is downloaded. Example: memos demo
+    It never touches your own store (--store is ignored): the demo store is
+    temporary unless --keep names a directory. Uses the embedded default
+    models; nothing is downloaded. Example: memos demo --keep /tmp/memos-demo
     """
     from rich.console import Console
 

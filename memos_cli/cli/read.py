@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
@@ -18,6 +19,13 @@ UserF = Annotated[str | None, typer.Option("--user", help="Only this user's unit
 SinceF = Annotated[str | None, typer.Option("--since", help="Only units whose time is at or after this (ISO 8601, '7d ago').")]
 UntilF = Annotated[str | None, typer.Option("--until", help="Only units whose time is before this.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+
+
+class Status(StrEnum):
+    active = "active"
+    archived = "archived"
+    deleted = "deleted"
+    all = "all"
 
 
 def _filters(kind: str | None, tag: list[str] | None, cube: str | None, user: str | None,
@@ -102,7 +110,7 @@ def list_(
     ctx: typer.Context,
     kind: KindF = None, tag: TagF = None, cube: CubeF = None, user: UserF = None,
     since: SinceF = None, until: UntilF = None,
-    status: Annotated[str, typer.Option("--status", help="active, archived, deleted, or all.")] = "active",
+    status: Annotated[Status, typer.Option("--status", help="Which lifecycle state to list.")] = Status.active,
     limit: Annotated[int, typer.Option("--limit", "-n", help="At most this many (0: all).", min=0)] = 50,
     json_out: JsonOpt = False,
 ) -> None:
@@ -110,7 +118,7 @@ def list_(
 
     Example: memos list --kind fact --tag alice -n 20
     """
-    filters = _filters(kind, tag, cube, user, since, until, None if status == "all" else status)
+    filters = _filters(kind, tag, cube, user, since, until, None if status is Status.all else status.value)
     store = _open_existing(ctx)
     units = store.list(filters, limit=limit)
     if json_out:

@@ -1,16 +1,20 @@
 """Recall: filters and the hybrid ranking of plaintext units.
 
 Two retrievers run over the same filtered rows of the ``units`` table:
-LanceDB's native full-text search (BM25 over stemmed, lower-cased words)
-and vector search (cosine distance of the query's embedding). Their ranked
-lists are fused with weighted reciprocal rank fusion,
+Lance's native full-text search (BM25 over stemmed, lower-cased words) and
+vector search (cosine similarity of the query's embedding), each returning a
+pool of ``max(50, 3k)`` candidates. Each retriever's scores are min-max
+normalised over its pool (the best gets 1, the worst 0), and the two are
+mixed convexly ("relative score fusion"):
 
-    score(unit) = sum over retrievers r of  w_r / (RRF_K + rank_r(unit)),
+    score(unit) = WEIGHT_TEXT * bm25_norm + WEIGHT_VECTOR * cosine_norm
 
-with ranks starting at 1. RRF needs no calibration between BM25 scores and
-cosine distances, which live on unrelated scales. BM25 gets the larger
-weight: on conversational memory (LoCoMo) exact words (names, places,
-objects) carry more of the evidence than MiniLM's sentence embeddings do.
+where a unit missing from a pool gets 0 from that retriever. Unlike rank
+fusion (RRF), this keeps how far ahead a candidate is: a unit that matches
+the query's rare words far better than the rest stays on top. On the LoCoMo
+development split (R@10) BM25 alone gave 0.622, vector alone 0.503, RRF
+(k=60) of the two 0.60-0.61, and this fusion 0.68-0.70 for vector weights
+0.35-0.5 and pools of 30-100; we take the middle of that plateau.
 """
 
 from __future__ import annotations
@@ -24,10 +28,9 @@ import numpy as np
 from .table import from_row, sql_str, sql_time
 from .units import MemoryUnit, check_name
 
-RRF_K = 60
-WEIGHT_TEXT = 1.0
-WEIGHT_VECTOR = 0.7
-CANDIDATES_MIN = 50  # each retriever fetches at least this many, to fuse well
+WEIGHT_TEXT = 0.6
+WEIGHT_VECTOR = 0.4
+CANDIDATES_MIN = 50  # each retriever's pool holds at least this many
 
 
 @dataclass
@@ -105,27 +108,34 @@ def hybrid_search(ds: Any, query: str, vector: np.ndarray, k: int, where: str | 
     ranked: dict[str, dict[str, Any]] = {}
     rows: dict[str, dict[str, Any]] = {}
 
-    for rank, row in enumerate(_run(ds, where, n, full_text_query=query), 1):
+    text_rows = _run(ds, where, n, full_text_query=query)
+    for rank, (row, norm) in enumerate(zip(text_rows, _minmax([r["_score"] for r in text_rows])), 1):
         rows[row["id"]] = row
-        ranked.setdefault(row["id"], {})["text_rank"] = rank
-        ranked[row["id"]]["bm25"] = round(float(row["_score"]), 4)
+        ranked[row["id"]] = {"text_rank": rank, "bm25": round(float(row["_score"]), 4), "text_norm": norm}
 
     nearest = {"column": "vector", "q": vector.astype(np.float32), "k": n, "metric": "cosine"}
-    for rank, row in enumerate(_run(ds, where, n, nearest=nearest), 1):
+    vec_rows = _run(ds, where, n, nearest=nearest)
+    cosines = [1.0 - float(r["_distance"]) for r in vec_rows]
+    for rank, (row, cos, norm) in enumerate(zip(vec_rows, cosines, _minmax(cosines)), 1):
         rows.setdefault(row["id"], row)
-        ranked.setdefault(row["id"], {})["vector_rank"] = rank
-        ranked[row["id"]]["cosine"] = round(1.0 - float(row["_distance"]), 4)
+        ranked.setdefault(row["id"], {}).update({"vector_rank": rank, "cosine": round(cos, 4), "vector_norm": norm})
 
     hits = []
     for uid, sig in ranked.items():
-        score = 0.0
-        if "text_rank" in sig:
-            score += WEIGHT_TEXT / (RRF_K + sig["text_rank"])
-        if "vector_rank" in sig:
-            score += WEIGHT_VECTOR / (RRF_K + sig["vector_rank"])
+        score = WEIGHT_TEXT * sig.get("text_norm", 0.0) + WEIGHT_VECTOR * sig.get("vector_norm", 0.0)
         hits.append(Hit(from_row(rows[uid]), score, sig))
     hits.sort(key=lambda h: (-h.score, h.unit.id))
     return hits[:k]
+
+
+def _minmax(scores: list[float]) -> list[float]:
+    """Scale a pool's scores to [0, 1]; a pool of equal scores is all 1."""
+    if not scores:
+        return []
+    lo, hi = min(scores), max(scores)
+    if hi - lo < 1e-12:
+        return [1.0] * len(scores)
+    return [round((x - lo) / (hi - lo), 6) for x in scores]
 
 
 def _run(ds: Any, where: str | None, n: int, **search: Any) -> list[dict[str, Any]]:
