@@ -109,14 +109,14 @@ def hybrid_search(ds: Any, query: str, vector: np.ndarray, k: int, where: str | 
     rows: dict[str, dict[str, Any]] = {}
 
     text_rows = _run(ds, where, n, full_text_query=query)
-    for rank, (row, norm) in enumerate(zip(text_rows, _minmax([r["_score"] for r in text_rows])), 1):
+    for rank, (row, norm) in enumerate(zip(text_rows, _minmax([r["_score"] for r in text_rows]), strict=True), 1):
         rows[row["id"]] = row
         ranked[row["id"]] = {"text_rank": rank, "bm25": round(float(row["_score"]), 4), "text_norm": norm}
 
     nearest = {"column": "vector", "q": vector.astype(np.float32), "k": n, "metric": "cosine"}
     vec_rows = _run(ds, where, n, nearest=nearest)
     cosines = [1.0 - float(r["_distance"]) for r in vec_rows]
-    for rank, (row, cos, norm) in enumerate(zip(vec_rows, cosines, _minmax(cosines)), 1):
+    for rank, (row, cos, norm) in enumerate(zip(vec_rows, cosines, _minmax(cosines), strict=True), 1):
         rows.setdefault(row["id"], row)
         ranked.setdefault(row["id"], {}).update({"vector_rank": rank, "cosine": round(cos, 4), "vector_norm": norm})
 
