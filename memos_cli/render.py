@@ -13,8 +13,9 @@ console = Console()
 
 
 def _short_time(value: Any) -> str:
+    """The date of a time, for tables; `show` and --json give the whole time."""
     text = iso(value) if value is not None and not isinstance(value, str) else (value or "")
-    return text[:16].replace("T", " ")
+    return text[:10]
 
 
 def _clip(text: str, width: int = 100) -> str:

@@ -90,6 +90,13 @@ def test_init_twice_and_help(cli, tmp_path):
         assert done.returncode == 0 and "Example" in done.out, cmd
 
 
+def test_demo_adds_recalls_and_shows_history(cli, tmp_path):
+    done = cli("demo", "--keep", str(tmp_path / "demo"))
+    assert done.returncode == 0, done.err
+    assert "memos recall" in done.out and "init: memos store" in done.out and "add: 1 unit" in done.out
+    assert commit_count(tmp_path / "demo") == 6  # init and five adds
+
+
 def test_compact(cli, filled):
     for i in range(3):
         cli("add", f"note {i}")
@@ -198,3 +205,16 @@ def test_second_writer_gets_a_clear_message(cli, filled):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_next_command_restores_a_half_written_store_and_says_so(cli, filled):
+    from .test_store import CRASH_MID_WRITE
+
+    before = head(filled)
+    crashed = subprocess.run([sys.executable, "-c", CRASH_MID_WRITE, str(filled)], capture_output=True, text=True)
+    assert crashed.returncode == 9, crashed.stderr
+    done = cli("list", "--json")
+    assert done.returncode == 0, done.err
+    assert done.err.startswith("memos: recovered from an interrupted import"), done.err
+    assert len(json.loads(done.out)) == 3 and head(filled) == before
+    assert cli("list", "--json").err == ""  # said once

@@ -211,11 +211,11 @@ def test_a_crash_mid_write_is_rolled_back_by_the_next_command(store):
 
 
 def test_a_failed_write_leaves_the_store_as_it_was(store):
-    store.add("first")
+    first = store.add("first")
     before = head(store.root)
     with pytest.raises(RuntimeError):
         with store.transaction("add") as txn:
-            store.table.add([store.list()[0]])
+            store.table.add([store.get(first.id)])
             txn.ids = ["x"]
             raise RuntimeError("boom")
     assert head(store.root) == before

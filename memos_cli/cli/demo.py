@@ -46,7 +46,9 @@ def demo(
         console.rule(f"[bold]memos demo[/bold]: a scratch store at {root}")
         for text, kind, tags, when in DEMO_MEMORIES:
             unit = store.add(text, kind=kind, tags=tags, time=when, user="demo")
-            console.print(f"[green]memos add[/green] --kind {kind} {text[:60]!r}…  -> {unit.id}")
+            console.print(f"[green]memos add[/green] --kind {kind} --tag {','.join(tags)} --time {when}", highlight=False)
+            console.print(f"  {text}", markup=False, highlight=False)
+            console.print(f"  [dim]->[/dim] {unit.id}", highlight=False)
         console.print()
         units_table(store.list(Filters(), limit=0), title="memos list")
         for query in DEMO_QUERIES:

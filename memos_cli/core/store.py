@@ -49,14 +49,14 @@ class Transaction:
     cube: str = "default"
     user: str = ""
     ids: list[str] = field(default_factory=list)
-    detail: str = ""
+    summary: str = ""  # replaces the "N units" part of the first line
     folded_accesses: int = 0
+    after_commit: list[Callable[[], object]] = field(default_factory=list)  # run under the lock
 
     def message(self) -> str:
         n = len(self.ids)
-        head = f"{self.op}: {n} unit{'s' if n != 1 else ''} (cube {self.cube}, user {self.user})"
-        if self.detail:
-            head += f" {self.detail}"
+        what = self.summary or f"{n} unit{'s' if n != 1 else ''}"
+        head = f"{self.op}: {what} (cube {self.cube}, user {self.user})"
         body = []
         if self.ids:
             shown = self.ids if n <= 20 else self.ids[:10] + ["..."] + self.ids[-5:]
@@ -171,24 +171,13 @@ class MemoryStore:
 
     # ---- tables and models -------------------------------------------------
 
-    def _dim(self) -> int:
-        """Vector width: from the table if there is one, else from the embedder."""
-        from .table import TABLE
-
-        tdir = self.root / TABLES_DIR / f"{TABLE}.lance"
-        if not tdir.exists():
-            return self.embedder.dim
-        return 0  # the existing table's schema decides
-
     @property
     def table(self) -> UnitTable:
         if self._table is None:
             from .table import UnitTable
 
-            self.config  # noqa: B018
-            self._table = UnitTable(self.root / TABLES_DIR, self._dim())
-            if self._table.exists():
-                self._table.dim = self._table.ds.schema.field("vector").type.list_size
+            self.config  # noqa: B018 - refuses a missing or too-new store first
+            self._table = UnitTable(self.root / TABLES_DIR)
         return self._table
 
     def preload_embedder(self) -> None:
@@ -266,11 +255,12 @@ class MemoryStore:
         self._unfold_access_log()
         self._journal.unlink(missing_ok=True)
         self._table = None
-        head = (self.repo.head() or "")[:10]
-        self.notices.append(
-            f"recovered from an interrupted {info.get('op', 'write')} (pid {info.get('pid', '?')}, "
-            f"started {info.get('started', '?')}): the store is back at its last commit {head}"
-        )
+        head = self.repo.head() or ""
+        what = f"an interrupted {info.get('op', 'write')} (pid {info.get('pid', '?')}, started {info.get('started', '?')})"
+        if info.get("head") and info["head"] != head:
+            self.notices.append(f"{what} had committed before it stopped; the store is at {head[:10]}")
+        else:
+            self.notices.append(f"recovered from {what}: its changes were undone; the store is back at its last commit {head[:10]}")
         return True
 
     @contextmanager
@@ -296,6 +286,8 @@ class MemoryStore:
                 if self._table is not None and self._table.exists():
                     self._table.maintain()
                 self.repo.commit_all(txn.message(), txn.user)
+                for step in txn.after_commit:
+                    step()
             except BaseException:
                 self.repo.restore()
                 self._unfold_access_log()
@@ -323,14 +315,18 @@ class MemoryStore:
         ids = list(ids)
         if not ids or not self.state_dir.parent.is_dir():
             return
-        self.state_dir.mkdir(exist_ok=True)
         stamp = iso(utcnow())
         data = "".join(json.dumps({"id": i, "t": stamp}) + "\n" for i in ids).encode()
-        fd = os.open(self._access_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
+            self.state_dir.mkdir(exist_ok=True)
+            # One write of O_APPEND: concurrent readers' lines do not interleave.
+            fd = os.open(self._access_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+        except OSError:
+            pass  # a store we may read but not write: usage is not counted
 
     @staticmethod
     def _read_access(path: Path) -> dict[str, tuple[int, str]]:
@@ -445,9 +441,19 @@ class MemoryStore:
         # Embed before taking the lock: the slow part should not block other writers.
         self._embed(units, progress)
         with self.transaction(op, cube=",".join(cubes), user=",".join(users)) as txn:
+            self._check_dim()
             self.table.add(units)
             self.table.ensure_fts_index()
             txn.ids = [u.id for u in units]
+
+    def _check_dim(self) -> None:
+        """Vectors of another width than the table's cannot be stored or searched."""
+        if self.table.exists() and self.table.dim != self.embedder.dim:  # dim is None without a table
+            raise StoreError(
+                f"the store's vectors have {self.table.dim} dimensions but the embedding model "
+                f"{self.embedder.model_id} makes {self.embedder.dim}; set [embedding] model in "
+                f"{self.config_path} back to the model the store was built with"
+            )
 
     def _embed(self, units: list[MemoryUnit], progress: Callable[[int, int], None] | None) -> None:
         embedder = self.embedder
@@ -465,12 +471,13 @@ class MemoryStore:
     def compact(self) -> dict[str, int]:
         """Merge table fragments, refresh the full-text index, repack git."""
         before = self.sizes()
-        with self.transaction("compact") as txn:
+        with self.transaction("compact", cube="*") as txn:
+            fragments = self.table.fragments()
             if self.table.exists():
                 self.table.compact()
                 self.table.ensure_fts_index(force=True)
-            txn.detail = "(table compaction)"
-        self.repo.gc()
+            txn.summary = f"{self.table.count()} units, {fragments} table fragments -> {self.table.fragments()}"
+            txn.after_commit.append(self.repo.gc)
         after = self.sizes()
         return {f"{k}_before": v for k, v in before.items()} | {f"{k}_after": v for k, v in after.items()}
 
@@ -529,6 +536,7 @@ class MemoryStore:
                 raise UsageError("the query is empty")
         if not self.table.exists():
             return [[] for _ in queries]
+        self._check_dim()
         vectors = self.embedder.embed(queries)
         where = (filters or Filters()).sql(now=utcnow())
         results = [hybrid_search(self.table.ds, q, v, kk, where) for q, v, kk in zip(queries, vectors, ks, strict=False)]

@@ -113,15 +113,19 @@ def sql_time(dt: datetime) -> str:
 class UnitTable:
     """The units table of one store; the store calls its writers under its lock."""
 
-    def __init__(self, tables_dir: Path, dim: int) -> None:
+    def __init__(self, tables_dir: Path) -> None:
         self.dir = tables_dir
         self.path = tables_dir / f"{TABLE}.lance"
-        self.dim = dim
         self._ds: Any = None
         self._writer: Any = None
 
     def exists(self) -> bool:
         return (self.path / "_versions").is_dir()
+
+    @property
+    def dim(self) -> int | None:
+        """Width of the stored vectors; None before the table exists."""
+        return self.ds.schema.field("vector").type.list_size if self.exists() else None
 
     @property
     def ds(self) -> Any:
@@ -132,31 +136,30 @@ class UnitTable:
 
     @property
     def table(self) -> Any:
-        """The LanceDB table, for writing; created on first use."""
+        """The LanceDB table, for writing (``add`` creates it)."""
         if self._writer is None:
             import lancedb
 
-            db = lancedb.connect(str(self.dir))
-            if self.exists():
-                self._writer = db.open_table(TABLE)
-            else:
-                self._writer = db.create_table(TABLE, schema=schema(self.dim))
+            self._writer = lancedb.connect(str(self.dir)).open_table(TABLE)
         return self._writer
 
     def _changed(self) -> None:
         self._ds = None
 
     def add(self, units: list[MemoryUnit]) -> None:
-        self.table.add(to_arrow(units, self.dim))
+        """Append embedded units; the first add creates the table with their vectors' width."""
+        rows = to_arrow(units, len(units[0].vector or []))
+        if self.exists():
+            self.table.add(rows)
+        else:
+            import lancedb
+
+            self._writer = lancedb.connect(str(self.dir)).create_table(TABLE, data=rows)
         self._changed()
 
     def upsert(self, units: list[MemoryUnit]) -> None:
-        (
-            self.table.merge_insert("id")
-            .when_matched_update_all()
-            .when_not_matched_insert_all()
-            .execute(to_arrow(units, self.dim))
-        )
+        dim = self.dim or len(units[0].vector or [])
+        self.table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all().execute(to_arrow(units, dim))
         self._changed()
 
     def count(self, where: str | None = None) -> int:
@@ -166,7 +169,7 @@ class UnitTable:
 
     def select(self, where: str | None, columns: list[str] | None = None, limit: int | None = None) -> pa.Table:
         if not self.exists():
-            return schema(self.dim).empty_table()
+            return schema(1).empty_table()
         return self.ds.to_table(filter=where, columns=columns, limit=limit)
 
     def units(self, where: str | None, limit: int | None = None) -> list[MemoryUnit]:
