@@ -260,7 +260,9 @@ class MemoryStore:
         if info.get("head") and info["head"] != head:
             self.notices.append(f"{what} had committed before it stopped; the store is at {head[:10]}")
         else:
-            self.notices.append(f"recovered from {what}: its changes were undone; the store is back at its last commit {head[:10]}")
+            self.notices.append(
+                f"recovered from {what}: its changes were undone; the store is back at its last commit {head[:10]}"
+            )
         return True
 
     @contextmanager
