@@ -230,3 +230,17 @@ def test_many_single_adds_keep_fragments_bounded(store):
     assert store.table.fragments() <= 24
     assert len(store.list(limit=0)) == 120
     assert len(os.listdir(store.root / "tables" / "units.lance" / "_versions")) <= 2
+
+
+def test_vector_index_is_built_and_kept_current(store, monkeypatch):
+    from memos_cli.core import table as table_mod
+
+    monkeypatch.setattr(table_mod, "VECTOR_INDEX_MIN_ROWS", 300)
+    store.import_records([(i + 1, {"text": f"filler memory number {i} about nothing much"}) for i in range(299)])
+    assert not [i for i in store.table.ds.describe_indices() if i.name == table_mod.VECTOR_INDEX]
+    store.import_records([(1, {"text": "Zelda keeps bees on the roof of her flat"})])
+    indexed = {i.name: i.num_rows_indexed for i in store.table.ds.describe_indices()}
+    assert indexed[table_mod.VECTOR_INDEX] == 300
+    store.add("Yannick repairs old typewriters")  # not in the index yet: found by the flat scan of new rows
+    assert store.recall("who fixes typewriters?", 1)[0].unit.text.startswith("Yannick")
+    assert store.recall("beekeeping on a rooftop", 1)[0].unit.text.startswith("Zelda")

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .table import from_row, sql_str, sql_time
+from .table import VECTOR_NPROBES, from_row, sql_str, sql_time
 from .units import MemoryUnit, check_name
 
 WEIGHT_TEXT = 0.6
@@ -113,7 +113,7 @@ def hybrid_search(ds: Any, query: str, vector: np.ndarray, k: int, where: str | 
         rows[row["id"]] = row
         ranked[row["id"]] = {"text_rank": rank, "bm25": round(float(row["_score"]), 4), "text_norm": norm}
 
-    nearest = {"column": "vector", "q": vector.astype(np.float32), "k": n, "metric": "cosine"}
+    nearest = {"column": "vector", "q": vector.astype(np.float32), "k": n, "metric": "cosine", "nprobes": VECTOR_NPROBES}
     vec_rows = _run(ds, where, n, nearest=nearest)
     cosines = [1.0 - float(r["_distance"]) for r in vec_rows]
     for rank, (row, cos, norm) in enumerate(zip(vec_rows, cosines, _minmax(cosines), strict=True), 1):

@@ -505,10 +505,8 @@ class MemoryStore:
         from .table import from_row, row_columns
 
         where = (filters or Filters()).sql()
-        rows = self.table.select(where, columns=row_columns()).to_pylist() if self.table.exists() else []
-
-        units = sorted((from_row(r) for r in rows), key=lambda u: u.id, reverse=True)
-        return self._with_pending(units[:limit] if limit else units)
+        rows = self.table.select(where, columns=row_columns(), limit=limit or None, newest_first=True).to_pylist()
+        return self._with_pending([from_row(r) for r in rows])
 
     def _with_pending(self, units: list[MemoryUnit]) -> list[MemoryUnit]:
         pending = self.pending_access() if units else {}
