@@ -224,12 +224,19 @@ def test_a_failed_write_leaves_the_store_as_it_was(store):
 
 
 @pytest.mark.slow
-def test_many_single_adds_keep_fragments_bounded(store):
-    for i in range(120):
+def test_many_single_adds_keep_fragments_few_and_one_version_on_disk(store):
+    from memos_cli.core.table import FANOUT
+
+    for i in range(3 * FANOUT + 5):
         store.add(f"single add number {i}")
-    assert store.table.fragments() <= 24
-    assert len(store.list(limit=0)) == 120
-    assert len(os.listdir(store.root / "tables" / "units.lance" / "_versions")) <= 2
+    rows = sorted(f.metadata.physical_rows for f in store.table.ds.get_fragments())
+    # Each level holds fewer than FANOUT fragments: here 3 merged ones of 16 and 5 singles.
+    assert rows == [1] * 5 + [FANOUT] * 3
+    assert len(store.list(limit=0)) == 3 * FANOUT + 5
+    lance_dir = store.root / "tables" / "units.lance"
+    assert len([f for f in os.listdir(lance_dir / "_versions") if f.endswith(".manifest")]) == 1
+    assert len(os.listdir(lance_dir / "data")) == len(rows)
+    assert git(store.root, "status", "--porcelain") == ""
 
 
 def test_vector_index_is_built_and_kept_current(store, monkeypatch):

@@ -12,6 +12,7 @@ dataset on disk.
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
 from datetime import datetime, timedelta
@@ -30,9 +31,7 @@ from .units import MemoryUnit  # noqa: E402
 TABLE = "units"
 FTS_INDEX = "text_idx"
 _TS = pa.timestamp("us", tz="UTC")
-MAX_FRAGMENTS = 24
-MERGE_AT_LEAST = 16
-TIERS = (128, 2048, 32768, 524288, 1048576)
+FANOUT = 16  # fragments of one size level merged together
 # Vector index: below this many rows a flat scan is exact and fast enough
 # (about 6 ms at 20k rows on 2 cores); above, an IVF_FLAT index keeps recall
 # fast (9 ms at 100k against 65 ms flat) with exact distances in the
@@ -203,7 +202,9 @@ class UnitTable:
         else:
             stats = table.index_stats(FTS_INDEX)
             if stats and (force or stats.num_unindexed_rows > max(1000, stats.num_indexed_rows // 10)):
-                table.optimize()
+                # A delta segment for the new rows only: lancedb's optimize() would also
+                # rewrite every data file, and each rewrite would stay in git history.
+                lance.dataset(str(self.path)).optimize.optimize_indices(index_names=[FTS_INDEX], num_indices_to_merge=0)
         self._changed()
 
     def fragments(self) -> int:
@@ -214,25 +215,37 @@ class UnitTable:
     def maintain(self) -> None:
         """After a write: bound the fragment count and keep one table version on disk.
 
-        Every write appends a fragment, and LanceDB's manifest (rewritten each
-        write, and committed to git) lists them all, so many small writes would
-        make each write slower and each commit bigger. Size-tiered compaction,
-        as in an LSM tree, merges small fragments into ones of the next tier
-        (128, 2k, 32k, 512k rows) when more than ``MAX_FRAGMENTS`` pile up: a
-        row is rewritten about once per tier, so the cost of a write stays
-        flat from 1k to 100k units. Old versions are dropped: history is git's.
+        Every write appends a fragment, and the manifest (rewritten, and
+        committed to git, at each write) lists them all, so many small writes
+        would make each write slower and each commit bigger. Size-tiered
+        compaction, as in an LSM tree, keeps them few: a fragment's level is
+        ``floor(log_FANOUT(rows))``, and once ``FANOUT`` fragments share a
+        level they are merged into one of the next level, leaving every other
+        fragment untouched. A row is thus rewritten once per level
+        (log_16 of the table size: 3 times by 10k rows), never again in
+        between, and both add latency and history growth per unit stay flat.
+        Old versions are dropped from the work tree: history is git's.
         """
         ds = lance.dataset(str(self.path))
-        frags = ds.get_fragments()
-        if len(frags) > MAX_FRAGMENTS:
-            rows = [f.metadata.physical_rows for f in frags]
-            for target in TIERS:
-                if sum(r < target for r in rows) >= MERGE_AT_LEAST or target == TIERS[-1]:
-                    ds.optimize.compact_files(target_rows_per_fragment=target, materialize_deletions_threshold=0.3)
-                    break
+        for _ in range(8):  # a merge can fill the next level; 16^8 rows is far away
+            # Lance merges only fragments that the same index segments cover, so
+            # fragments are grouped by that coverage as well as by level.
+            segments = [(seg.uuid, seg.fragment_ids) for index in ds.describe_indices() for seg in index.segments]
+            groups: dict[tuple[frozenset[str], int], list[int]] = {}
+            for frag in ds.get_fragments():
+                fid, rows = frag.fragment_id, max(1, frag.metadata.physical_rows)
+                covered = frozenset(uuid for uuid, fids in segments if fid in fids)
+                groups.setdefault((covered, int(math.log(rows, FANOUT) + 1e-9)), []).append(fid)
+            full = sorted((key for key, ids in groups.items() if len(ids) >= FANOUT), key=lambda k: k[1])
+            if not full:
+                break
+            merge = set(groups[full[0]])
+            others = [fid for ids in groups.values() for fid in ids if fid not in merge]
+            ds.optimize.compact_files(target_rows_per_fragment=1 << 30, excluded_fragment_ids=others,
+                                      materialize_deletions_threshold=0.3)
+            ds = lance.dataset(str(self.path))
         self._index_vectors()
-        ds = lance.dataset(str(self.path))
-        ds.cleanup_old_versions(older_than=timedelta(0), delete_unverified=True)
+        lance.dataset(str(self.path)).cleanup_old_versions(older_than=timedelta(0), delete_unverified=True)
         if self._writer is not None:
             self._writer.checkout_latest()
         self._changed()
