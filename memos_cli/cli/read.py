@@ -88,7 +88,7 @@ def recall(
         store.preload_embedder()
         results = store.recall_many(queries, ks, filters) if queries else []
         out = sys.stdout
-        for q, hits in zip(queries, results, strict=False):
+        for q, hits in zip(queries, results, strict=True):
             import json
 
             out.write(json.dumps({"query": q, "results": [h.to_json() for h in hits]}, ensure_ascii=False) + "\n")

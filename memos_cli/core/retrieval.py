@@ -19,6 +19,8 @@ development split (R@10) BM25 alone gave 0.622, vector alone 0.503, RRF
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -101,31 +103,46 @@ _COLUMNS = [
 ]
 
 
-def hybrid_search(ds: Any, query: str, vector: np.ndarray, k: int, where: str | None) -> list[Hit]:
+def hybrid_search(
+    ds: Any, query: str, embed: Callable[[str], np.ndarray], k: int, where: str | None
+) -> list[Hit]:
     """The top ``k`` units for ``query`` in the Lance dataset ``ds``, fused from
-    full-text and vector search."""
+    full-text and vector search; ``embed`` turns the query into its vector."""
     n = max(CANDIDATES_MIN, 3 * k)
-    ranked: dict[str, dict[str, Any]] = {}
-    rows: dict[str, dict[str, Any]] = {}
+    # The full-text search runs while the query is embedded and the vector
+    # search runs: llama.cpp and Lance both release the GIL while they work.
+    pending_text = _searcher().submit(_run, ds, where, n, full_text_query=query)
+    vector = embed(query).astype(np.float32)
+    nearest = {"column": "vector", "q": vector, "k": n, "metric": "cosine", "nprobes": VECTOR_NPROBES}
+    vec_rows = _run(ds, where, n, nearest=nearest)
+    text_rows = pending_text.result()
 
-    text_rows = _run(ds, where, n, full_text_query=query)
+    rows: dict[str, dict[str, Any]] = {}
+    signals: dict[str, dict[str, Any]] = {}
     for rank, (row, norm) in enumerate(zip(text_rows, _minmax([r["_score"] for r in text_rows]), strict=True), 1):
         rows[row["id"]] = row
-        ranked[row["id"]] = {"text_rank": rank, "bm25": round(float(row["_score"]), 4), "text_norm": norm}
-
-    nearest = {"column": "vector", "q": vector.astype(np.float32), "k": n, "metric": "cosine", "nprobes": VECTOR_NPROBES}
-    vec_rows = _run(ds, where, n, nearest=nearest)
+        signals[row["id"]] = {"text_rank": rank, "bm25": round(float(row["_score"]), 4), "text_norm": norm}
     cosines = [1.0 - float(r["_distance"]) for r in vec_rows]
     for rank, (row, cos, norm) in enumerate(zip(vec_rows, cosines, _minmax(cosines), strict=True), 1):
         rows.setdefault(row["id"], row)
-        ranked.setdefault(row["id"], {}).update({"vector_rank": rank, "cosine": round(cos, 4), "vector_norm": norm})
+        signals.setdefault(row["id"], {}).update({"vector_rank": rank, "cosine": round(cos, 4), "vector_norm": norm})
 
-    hits = []
-    for uid, sig in ranked.items():
-        score = WEIGHT_TEXT * sig.get("text_norm", 0.0) + WEIGHT_VECTOR * sig.get("vector_norm", 0.0)
-        hits.append(Hit(from_row(rows[uid]), score, sig))
-    hits.sort(key=lambda h: (-h.score, h.unit.id))
-    return hits[:k]
+    scores = {
+        uid: WEIGHT_TEXT * sig.get("text_norm", 0.0) + WEIGHT_VECTOR * sig.get("vector_norm", 0.0)
+        for uid, sig in signals.items()
+    }
+    best = sorted(scores, key=lambda uid: (-scores[uid], uid))[:k]
+    return [Hit(from_row(rows[uid]), scores[uid], signals[uid]) for uid in best]
+
+
+_pool: ThreadPoolExecutor | None = None
+
+
+def _searcher() -> ThreadPoolExecutor:
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="memos-fts")
+    return _pool
 
 
 def _minmax(scores: list[float]) -> list[float]:

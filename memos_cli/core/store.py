@@ -463,7 +463,7 @@ class MemoryStore:
         done = 0
         for chunk in _chunks(units, EMBED_BATCH):
             vectors = embedder.embed([u.text for u in chunk])
-            for unit, vec in zip(chunk, vectors, strict=False):
+            for unit, vec in zip(chunk, vectors, strict=True):
                 unit.vector = vec.tolist()
                 unit.model = embedder.model_id
             done += len(chunk)
@@ -537,9 +537,9 @@ class MemoryStore:
         if not self.table.exists():
             return [[] for _ in queries]
         self._check_dim()
-        vectors = self.embedder.embed(queries)
         where = (filters or Filters()).sql(now=utcnow())
-        results = [hybrid_search(self.table.ds, q, v, kk, where) for q, v, kk in zip(queries, vectors, ks, strict=False)]
+        embed = self.embedder.embed_one
+        results = [hybrid_search(self.table.ds, q, embed, kk, where) for q, kk in zip(queries, ks, strict=True)]
         self.log_access(h.unit.id for hits in results for h in hits)
         return results
 
