@@ -32,6 +32,7 @@ TABLE = "units"
 FTS_INDEX = "text_idx"
 _TS = pa.timestamp("us", tz="UTC")
 FANOUT = 16  # fragments of one size level merged together
+FTS_MAX_SEGMENTS = 4  # full-text index delta segments before they are merged
 # Vector index: below this many rows a flat scan is exact and fast enough
 # (about 6 ms at 20k rows on 2 cores); above, an IVF_FLAT index keeps recall
 # fast (9 ms at 100k against 65 ms flat) with exact distances in the
@@ -202,9 +203,14 @@ class UnitTable:
         else:
             stats = table.index_stats(FTS_INDEX)
             if stats and (force or stats.num_unindexed_rows > max(1000, stats.num_indexed_rows // 10)):
-                # A delta segment for the new rows only: lancedb's optimize() would also
-                # rewrite every data file, and each rewrite would stay in git history.
-                lance.dataset(str(self.path)).optimize.optimize_indices(index_names=[FTS_INDEX], num_indices_to_merge=0)
+                # Not lancedb's optimize(): it would also rewrite every data file, and
+                # each rewrite would stay in git history. New rows go into a delta
+                # segment; once FTS_MAX_SEGMENTS pile up they are merged into one, as
+                # Lance merges only fragments that the same segments cover (maintain).
+                ds = lance.dataset(str(self.path))
+                segments = stats.num_indices or 1
+                merge = segments if segments + 1 >= FTS_MAX_SEGMENTS else 0  # all of them, with the new rows
+                ds.optimize.optimize_indices(index_names=[FTS_INDEX], num_indices_to_merge=merge)
         self._changed()
 
     def fragments(self) -> int:
