@@ -12,12 +12,14 @@ from ..core.errors import UsageError
 from .app import app
 from .common import open_store, print_json, read_json_lines, say_notices
 
-KindF = Annotated[str | None, typer.Option("--kind", help="Only this kind.")]
-TagF = Annotated[list[str] | None, typer.Option("--tag", "-t", help="Only units with this tag; repeat to require more.")]
-CubeF = Annotated[str | None, typer.Option("--cube", help="Only this cube.")]
-UserF = Annotated[str | None, typer.Option("--user", help="Only this user's units.")]
-SinceF = Annotated[str | None, typer.Option("--since", help="Only units whose time is at or after this (ISO 8601, '7d ago').")]
-UntilF = Annotated[str | None, typer.Option("--until", help="Only units whose time is before this.")]
+KindF = Annotated[str | None, typer.Option("--kind", metavar="KIND", help="Only this kind.")]
+TagF = Annotated[list[str] | None, typer.Option("--tag", "-t", metavar="TAG",
+                                   help="Only units with this tag; repeat to require more.")]
+CubeF = Annotated[str | None, typer.Option("--cube", metavar="CUBE", help="Only this cube.")]
+UserF = Annotated[str | None, typer.Option("--user", metavar="USER", help="Only this user's units.")]
+SinceF = Annotated[str | None, typer.Option("--since", metavar="TIME",
+                               help="Only units whose time is at or after this (ISO 8601, '7d ago').")]
+UntilF = Annotated[str | None, typer.Option("--until", metavar="TIME", help="Only units whose time is before this.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 
 
@@ -50,8 +52,8 @@ def _open_existing(ctx: typer.Context) -> Any:
 @app.command()
 def recall(
     ctx: typer.Context,
-    query: Annotated[list[str] | None, typer.Argument(help="What to recall.", show_default=False)] = None,
-    k: Annotated[int, typer.Option("-k", help="How many results.", min=1, max=1000)] = 10,
+    query: Annotated[list[str] | None, typer.Argument(help="What to recall.", metavar="QUERY...", show_default=False)] = None,
+    k: Annotated[int, typer.Option("-k", metavar="N", help="How many results.", min=1, max=1000)] = 10,
     kind: KindF = None, tag: TagF = None, cube: CubeF = None, user: UserF = None,
     since: SinceF = None, until: UntilF = None,
     batch: Annotated[str | None, typer.Option("--batch", metavar="FILE|-",
@@ -111,7 +113,7 @@ def list_(
     kind: KindF = None, tag: TagF = None, cube: CubeF = None, user: UserF = None,
     since: SinceF = None, until: UntilF = None,
     status: Annotated[Status, typer.Option("--status", help="Which lifecycle state to list.")] = Status.active,
-    limit: Annotated[int, typer.Option("--limit", "-n", help="At most this many (0: all).", min=0)] = 50,
+    limit: Annotated[int, typer.Option("--limit", "-n", metavar="N", help="At most this many (0: all).", min=0)] = 50,
     json_out: JsonOpt = False,
 ) -> None:
     """List memories, newest first.

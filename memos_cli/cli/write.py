@@ -12,11 +12,12 @@ from ..core.errors import UsageError
 from .app import app
 from .common import open_store, print_json, read_json_lines, read_source, say_notices
 
-KindOpt = Annotated[str, typer.Option("--kind", help="fact, preference, episode, note, or a word of your own.")]
-TagOpt = Annotated[list[str] | None, typer.Option("--tag", "-t", help="A tag; repeat for more.")]
-MetaOpt = Annotated[list[str] | None, typer.Option("--meta", "-m", help="key=value (JSON values allowed); repeat for more.")]
-CubeOpt = Annotated[str, typer.Option("--cube", help="Namespace for this memory.")]
-UserOpt = Annotated[str | None, typer.Option("--user", help="Who it belongs to (default: $MEMOS_USER or $USER).")]
+KindOpt = Annotated[str, typer.Option("--kind", metavar="KIND", help="fact, preference, episode, note, or a word of your own.")]
+TagOpt = Annotated[list[str] | None, typer.Option("--tag", "-t", metavar="TAG", help="A tag; repeat for more.")]
+MetaOpt = Annotated[list[str] | None, typer.Option("--meta", "-m", metavar="KEY=VALUE",
+                                      help="key=value (JSON values allowed); repeat for more.")]
+CubeOpt = Annotated[str, typer.Option("--cube", metavar="CUBE", help="Namespace for this memory.")]
+UserOpt = Annotated[str | None, typer.Option("--user", metavar="USER", help="Who it belongs to (default: $MEMOS_USER or $USER).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 
 
@@ -38,13 +39,15 @@ def init(ctx: typer.Context, json_out: JsonOpt = False) -> None:
 @app.command()
 def add(
     ctx: typer.Context,
-    text: Annotated[list[str], typer.Argument(help="The memory; '-' reads it from stdin.", show_default=False)],
+    text: Annotated[list[str], typer.Argument(help="The memory; '-' reads it from stdin.", metavar="TEXT", show_default=False)],
     kind: KindOpt = "note",
     tag: TagOpt = None,
     meta: MetaOpt = None,
-    time_: Annotated[str | None, typer.Option("--time", help="When it happened: ISO 8601, 'yesterday', '3d ago'.")] = None,
-    ttl: Annotated[str | None, typer.Option("--ttl", help="Expire after this long: 90s, 12h, 30d, 1y.")] = None,
-    importance: Annotated[float, typer.Option("--importance", help="0 to 1.", min=0.0, max=1.0)] = 0.5,
+    time_: Annotated[str | None, typer.Option("--time", metavar="TIME",
+                                 help="When it happened: ISO 8601, 'yesterday', '3d ago'.")] = None,
+    ttl: Annotated[str | None, typer.Option("--ttl", metavar="DURATION",
+                               help="Expire after this long: 90s, 12h, 30d, 1y.")] = None,
+    importance: Annotated[float, typer.Option("--importance", metavar="0..1", help="0 to 1.", min=0.0, max=1.0)] = 0.5,
     cube: CubeOpt = "default",
     user: UserOpt = None,
     json_out: JsonOpt = False,
