@@ -107,42 +107,61 @@ def hybrid_search(
     ds: Any, query: str, embed: Callable[[str], np.ndarray], k: int, where: str | None
 ) -> list[Hit]:
     """The top ``k`` units for ``query`` in the Lance dataset ``ds``, fused from
-    full-text and vector search; ``embed`` turns the query into its vector."""
-    n = max(CANDIDATES_MIN, 3 * k)
-    # The full-text search runs while the query is embedded and the vector
-    # search runs: llama.cpp and Lance both release the GIL while they work.
-    pending_text = _searcher().submit(_run, ds, where, n, full_text_query=query)
-    vector = embed(query).astype(np.float32)
-    nearest = {"column": "vector", "q": vector, "k": n, "metric": "cosine", "nprobes": VECTOR_NPROBES}
-    vec_rows = _run(ds, where, n, nearest=nearest)
-    text_rows = pending_text.result()
+    full-text and vector search; ``embed`` turns the query into its vector.
 
-    rows: dict[str, dict[str, Any]] = {}
-    signals: dict[str, dict[str, Any]] = {}
-    for rank, (row, norm) in enumerate(zip(text_rows, _minmax([r["_score"] for r in text_rows]), strict=True), 1):
-        rows[row["id"]] = row
-        signals[row["id"]] = {"text_rank": rank, "bm25": round(float(row["_score"]), 4), "text_norm": norm}
-    cosines = [1.0 - float(r["_distance"]) for r in vec_rows]
-    for rank, (row, cos, norm) in enumerate(zip(vec_rows, cosines, _minmax(cosines), strict=True), 1):
-        rows.setdefault(row["id"], row)
-        signals.setdefault(row["id"], {}).update({"vector_rank": rank, "cosine": round(cos, 4), "vector_norm": norm})
+    Both searches return only row ids and scores; the columns of the ``k``
+    winners are read afterwards in one take (at 100k units that halves the
+    cost of a search, which otherwise reads every column of 2 x 50 candidates).
+    """
+    n = max(CANDIDATES_MIN, 3 * k)
+    # The full-text search runs on a worker thread while the query is embedded
+    # and the vector search runs: llama.cpp and Lance release the GIL, and this
+    # saves about 4 ms of 16 at 100k units on 2 cores.
+    pending_text = _worker().submit(_search, ds, where, n, full_text_query=query)
+    nearest = {"column": "vector", "q": embed(query).astype(np.float32), "k": n, "metric": "cosine",
+               "nprobes": VECTOR_NPROBES}
+    vec = _search(ds, where, n, nearest=nearest)
+    text = pending_text.result()
+
+    signals: dict[int, dict[str, Any]] = {}
+    for rank, ((rowid, bm25), norm) in enumerate(zip(text, _minmax([s for _, s in text]), strict=True), 1):
+        signals[rowid] = {"text_rank": rank, "bm25": round(bm25, 4), "text_norm": norm}
+    cosines = [1.0 - distance for _, distance in vec]
+    for rank, ((rowid, _), cos, norm) in enumerate(zip(vec, cosines, _minmax(cosines), strict=True), 1):
+        signals.setdefault(rowid, {}).update({"vector_rank": rank, "cosine": round(cos, 4), "vector_norm": norm})
 
     scores = {
-        uid: WEIGHT_TEXT * sig.get("text_norm", 0.0) + WEIGHT_VECTOR * sig.get("vector_norm", 0.0)
-        for uid, sig in signals.items()
+        rowid: WEIGHT_TEXT * sig.get("text_norm", 0.0) + WEIGHT_VECTOR * sig.get("vector_norm", 0.0)
+        for rowid, sig in signals.items()
     }
-    best = sorted(scores, key=lambda uid: (-scores[uid], uid))[:k]
-    return [Hit(from_row(rows[uid]), scores[uid], signals[uid]) for uid in best]
+    best = sorted(scores, key=lambda rowid: (-scores[rowid], rowid))[:k]
+    if not best:
+        return []
+    rows = ds._take_rows(best, columns=_COLUMNS).to_pylist()  # lancedb's take_row_ids, without lancedb
+    return [Hit(from_row(row), scores[rowid], signals[rowid]) for rowid, row in zip(best, rows, strict=True)]
 
 
 _pool: ThreadPoolExecutor | None = None
 
 
-def _searcher() -> ThreadPoolExecutor:
+def _worker() -> ThreadPoolExecutor:
     global _pool
     if _pool is None:
         _pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="memos-fts")
     return _pool
+
+
+def _search(ds: Any, where: str | None, n: int, **search: Any) -> list[tuple[int, float]]:
+    """(row id, score) of the best ``n`` rows: BM25 for text, cosine distance for vectors."""
+    score = "_score" if "full_text_query" in search else "_distance"
+    try:
+        table = ds.to_table(columns=[score], with_row_id=True, filter=where, prefilter=True, limit=n, **search)
+    except (ValueError, OSError) as exc:
+        # A query of only stop words or punctuation has no terms to search.
+        if "full_text_query" in search and "query" in str(exc).lower():
+            return []
+        raise
+    return list(zip(table.column("_rowid").to_pylist(), table.column(score).to_pylist(), strict=True))
 
 
 def _minmax(scores: list[float]) -> list[float]:
@@ -153,15 +172,3 @@ def _minmax(scores: list[float]) -> list[float]:
     if hi - lo < 1e-12:
         return [1.0] * len(scores)
     return [round((x - lo) / (hi - lo), 6) for x in scores]
-
-
-def _run(ds: Any, where: str | None, n: int, **search: Any) -> list[dict[str, Any]]:
-    score = "_score" if "full_text_query" in search else "_distance"
-    try:
-        table = ds.to_table(columns=[*_COLUMNS, score], filter=where, prefilter=True, limit=n, **search)
-    except (ValueError, OSError) as exc:
-        # A query of only stop words or punctuation has no terms to search.
-        if "full_text_query" in search and "query" in str(exc).lower():
-            return []
-        raise
-    return table.to_pylist()
