@@ -251,3 +251,18 @@ def test_vector_index_is_built_and_kept_current(store, monkeypatch):
     store.add("Yannick repairs old typewriters")  # not in the index yet: found by the flat scan of new rows
     assert store.recall("who fixes typewriters?", 1)[0].unit.text.startswith("Yannick")
     assert store.recall("beekeeping on a rooftop", 1)[0].unit.text.startswith("Zelda")
+
+
+def test_access_counts_are_not_counted_twice_when_a_step_after_the_commit_fails(store):
+    unit = store.add("Dora sails a small boat on weekends")
+    store.recall("sailing", 1)
+
+    def failing_gc() -> None:
+        raise RuntimeError("gc failed")
+
+    with pytest.raises(RuntimeError, match="gc failed"):
+        with store.transaction("compact") as txn:
+            txn.after_commit.append(failing_gc)
+    assert "access counts folded in for 1 units" in git(store.root, "log", "-1", "--format=%B")
+    assert store.pending_access() == {}
+    assert store.get(unit.id).access_count == 1

@@ -81,7 +81,6 @@ class MemoryStore:
         self._embedder = embedder
         self._embedder_thread: threading.Thread | None = None
         self._embedder_error: BaseException | None = None
-        self._lock: StoreLock | None = None
 
     # ---- the directory -------------------------------------------------
 
@@ -251,13 +250,17 @@ class MemoryStore:
             info = json.loads(self._journal.read_text(encoding="utf-8") or "{}")
         except ValueError:
             info = {}
+        head = self.repo.head() or ""
+        committed = bool(info.get("head")) and info["head"] != head
         self.repo.restore()
-        self._unfold_access_log()
+        if committed:  # its folded access counts are in that commit
+            self._access_folding.unlink(missing_ok=True)
+        else:
+            self._unfold_access_log()
         self._journal.unlink(missing_ok=True)
         self._table = None
-        head = self.repo.head() or ""
         what = f"an interrupted {info.get('op', 'write')} (pid {info.get('pid', '?')}, started {info.get('started', '?')})"
-        if info.get("head") and info["head"] != head:
+        if committed:
             self.notices.append(f"{what} had committed before it stopped; the store is at {head[:10]}")
         else:
             self.notices.append(
@@ -273,7 +276,6 @@ class MemoryStore:
         self._check_writable()
         lock = self._lock_for()
         lock.acquire()
-        self._lock = lock
         try:
             self._recover_locked()
             txn = Transaction(op=op, cube=cube, user=user or default_user())
@@ -282,24 +284,26 @@ class MemoryStore:
                 json.dumps({"op": op, "head": self.repo.head(), "pid": os.getpid(), "started": iso(utcnow())}),
                 encoding="utf-8",
             )
+            committed = False
             try:
                 txn.folded_accesses = self._fold_access_log()
                 yield txn
                 if self._table is not None and self._table.exists():
                     self._table.maintain()
                 self.repo.commit_all(txn.message(), txn.user)
+                committed = True
+                self._access_folding.unlink(missing_ok=True)  # those counts are in the commit now
                 for step in txn.after_commit:
                     step()
             except BaseException:
-                self.repo.restore()
-                self._unfold_access_log()
-                self._table = None
+                if not committed:
+                    self.repo.restore()
+                    self._unfold_access_log()
+                    self._table = None
                 raise
             finally:
                 self._journal.unlink(missing_ok=True)
-            self._finish_access_log()
         finally:
-            self._lock = None
             lock.release()
 
     # ---- access counts ---------------------------------------------------------
@@ -389,9 +393,6 @@ class MemoryStore:
         finally:
             os.close(fd)
         self._access_folding.unlink()
-
-    def _finish_access_log(self) -> None:
-        self._access_folding.unlink(missing_ok=True)
 
     # ---- writes -----------------------------------------------------------------
 
