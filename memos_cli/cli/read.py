@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -89,11 +88,8 @@ def recall(
         store = _open_existing(ctx)
         store.preload_embedder()
         results = store.recall_many(queries, ks, filters) if queries else []
-        out = sys.stdout
         for q, hits in zip(queries, results, strict=True):
-            import json
-
-            out.write(json.dumps({"query": q, "results": [h.to_json() for h in hits]}, ensure_ascii=False) + "\n")
+            print_json({"query": q, "results": [h.to_json() for h in hits]})
         return
     text = " ".join(query or [])
     store = _open_existing(ctx)

@@ -325,12 +325,7 @@ class MemoryStore:
         data = "".join(json.dumps({"id": i, "t": stamp}) + "\n" for i in ids).encode()
         try:
             self.state_dir.mkdir(exist_ok=True)
-            # One write of O_APPEND: concurrent readers' lines do not interleave.
-            fd = os.open(self._access_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                os.write(fd, data)
-            finally:
-                os.close(fd)
+            _append(self._access_log, data)
         except OSError:
             pass  # a store we may read but not write: usage is not counted
 
@@ -386,12 +381,7 @@ class MemoryStore:
         """Give back counts whose fold did not commit."""
         if not self._access_folding.exists():
             return
-        data = self._access_folding.read_bytes()
-        fd = os.open(self._access_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
+        _append(self._access_log, self._access_folding.read_bytes())
         self._access_folding.unlink()
 
     # ---- writes -----------------------------------------------------------------
@@ -580,6 +570,15 @@ def _q(value: str) -> str:
     from .table import sql_str
 
     return sql_str(value)
+
+
+def _append(path: Path, data: bytes) -> None:
+    """One O_APPEND write: lines from concurrent processes do not interleave."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
 
 
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
