@@ -266,3 +266,26 @@ def test_access_counts_are_not_counted_twice_when_a_step_after_the_commit_fails(
     assert "access counts folded in for 1 units" in git(store.root, "log", "-1", "--format=%B")
     assert store.pending_access() == {}
     assert store.get(unit.id).access_count == 1
+
+
+WRITE_LOOP = textwrap.dedent("""
+    import sys
+    from memos_cli.core.store import MemoryStore
+    store = MemoryStore(sys.argv[1])
+    for i in range(int(sys.argv[2])):
+        store.add(f"writer memory {i} about boats and gardens")
+""")
+
+
+@pytest.mark.slow
+def test_a_reader_keeps_working_while_another_process_writes_and_compacts(store):
+    store.import_records([(i, {"text": f"seed memory {i} about gardens"}) for i in range(50)])
+    writer = subprocess.Popen([sys.executable, "-c", WRITE_LOOP, str(store.root), "120"])
+    recalls = 0
+    while writer.poll() is None:  # every 16 adds merge fragments and delete the old files
+        assert len(store.recall("gardens and boats", 5)) == 5
+        recalls += 1
+    assert writer.returncode == 0 and recalls > 20
+    # The long-lived reader sees what the other process wrote.
+    assert store.table.count() == 170
+    assert store.recall("writer memory 119 boats", 1)[0].unit.text == "writer memory 119 about boats and gardens"

@@ -530,7 +530,10 @@ class MemoryStore:
         self._check_dim()
         where = (filters or Filters()).sql(now=utcnow())
         embed = self.embedder.embed_one
-        results = [hybrid_search(self.table.ds, q, embed, kk, where) for q, kk in zip(queries, ks, strict=True)]
+        results = [
+            self.table.read(lambda ds, q=q, kk=kk: hybrid_search(ds, q, embed, kk, where))
+            for q, kk in zip(queries, ks, strict=True)
+        ]
         self.log_access(h.unit.id for hits in results for h in hits)
         return results
 

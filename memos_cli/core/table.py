@@ -14,10 +14,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 import warnings
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 # Lance (in pylance) and LanceDB (which bundles its own Lance) log warnings from
 # Rust straight to stderr; a CLI shows only its own errors.
@@ -33,6 +35,8 @@ from .units import MemoryUnit  # noqa: E402
 TABLE = "units"
 FTS_INDEX = "text_idx"
 _TS = pa.timestamp("us", tz="UTC")
+T = TypeVar("T")
+READ_RETRIES = 5  # a read that lost a race with a writer's cleanup tries the newer version
 FANOUT = 16  # fragments of one size level merged together
 FTS_MAX_SEGMENTS = 4  # full-text index delta segments before they are merged
 # Vector index: below this many rows a flat scan is exact and fast enough
@@ -130,6 +134,7 @@ class UnitTable:
         self.dir = tables_dir
         self.path = tables_dir / f"{TABLE}.lance"
         self._ds: Any = None
+        self._ds_stamp = 0
         self._writer: Any = None
 
     def exists(self) -> bool:
@@ -142,9 +147,16 @@ class UnitTable:
 
     @property
     def ds(self) -> Any:
-        """The dataset at its latest version, for reading."""
-        if self._ds is None:
+        """The dataset at its latest version, for reading.
+
+        Reopened when another process has written since (the mtime of
+        ``_versions/`` moves with every new version), so a long-lived
+        reader sees what other writers add.
+        """
+        stamp = (self.path / "_versions").stat().st_mtime_ns
+        if self._ds is None or stamp != self._ds_stamp:
             self._ds = lance.dataset(str(self.path))
+            self._ds_stamp = stamp
         return self._ds
 
     @property
@@ -158,6 +170,23 @@ class UnitTable:
 
     def _changed(self) -> None:
         self._ds = None
+
+    def read(self, fn: Callable[[Any], T]) -> T:
+        """``fn(dataset)``, retried on the latest version if a file it needed is gone.
+
+        Readers take no lock, and every write drops the versions before it
+        (history is git's), so a read that began on the version before a
+        concurrent write can find a merged-away data file missing.
+        """
+        for attempt in range(READ_RETRIES + 1):
+            try:
+                return fn(self.ds)
+            except (OSError, pa.ArrowInvalid) as exc:
+                if "not found" not in str(exc).lower() or attempt == READ_RETRIES:
+                    raise
+                self._changed()
+                time.sleep(0.01 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     def add(self, units: list[MemoryUnit]) -> None:
         """Append embedded units; the first add creates the table with their vectors' width."""
@@ -178,14 +207,14 @@ class UnitTable:
     def count(self, where: str | None = None) -> int:
         if not self.exists():
             return 0
-        return int(self.ds.count_rows(filter=where))
+        return int(self.read(lambda ds: ds.count_rows(filter=where)))
 
     def select(self, where: str | None, columns: list[str] | None = None, limit: int | None = None,
                newest_first: bool = False) -> pa.Table:
         if not self.exists():
             return schema(1).empty_table()
         order = [ColumnOrdering("id", ascending=False)] if newest_first else None  # ids sort by time
-        return self.ds.to_table(filter=where, columns=columns, limit=limit, order_by=order)
+        return self.read(lambda ds: ds.to_table(filter=where, columns=columns, limit=limit, order_by=order))
 
     def units(self, where: str | None, limit: int | None = None) -> list[MemoryUnit]:
         return [from_row(r) for r in self.select(where, limit=limit).to_pylist()]
