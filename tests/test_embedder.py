@@ -214,3 +214,11 @@ def test_default_chat_model_is_assembled_once() -> None:
     assert registry.default_chat_model_path() == path
     assert time.perf_counter() - start < 0.05  # no 253 MB re-hash
     assert path.stat().st_mtime_ns == mtime
+
+
+def test_query_embedding_on_one_thread_matches_the_batch_one(embedder: Embedder) -> None:
+    text = "where did Alice move after the conference?"
+    batch = embedder.embed([text, "another text"])[0]
+    query = embedder.embed_query(text)
+    assert float(np.dot(batch, query)) > 0.9999
+    assert float(np.dot(embedder.embed_one(text), query)) > 0.9999  # and back on all threads

@@ -529,7 +529,7 @@ class MemoryStore:
             return [[] for _ in queries]
         self._check_dim()
         where = (filters or Filters()).sql(now=utcnow())
-        embed = self.embedder.embed_one
+        embed = self.embedder.embed_query
         results = [
             self.table.read(lambda ds, q=q, kk=kk: hybrid_search(ds, q, embed, kk, where))
             for q, kk in zip(queries, ks, strict=True)
