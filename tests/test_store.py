@@ -289,3 +289,20 @@ def test_a_reader_keeps_working_while_another_process_writes_and_compacts(store)
     # The long-lived reader sees what the other process wrote.
     assert store.table.count() == 170
     assert store.recall("writer memory 119 boats", 1)[0].unit.text == "writer memory 119 about boats and gardens"
+
+
+RACE_INIT = textwrap.dedent("""
+    import sys
+    from memos_cli.core.store import MemoryStore
+    print(MemoryStore(sys.argv[1]).init())
+""")
+
+
+def test_racing_first_writers_make_one_store(tmp_path):
+    root = tmp_path / "new" / "store"
+    procs = [subprocess.Popen([sys.executable, "-c", RACE_INIT, str(root)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    results = [p.communicate() for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in results]
+    assert sorted(out.strip() for out, _ in results) == ["False", "False", "False", "True"]
+    assert commit_count(root) == 1 and (root / "memos.toml").is_file()

@@ -15,6 +15,7 @@ change of memory; reads of a unit add the pending counts on the fly.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -137,6 +138,23 @@ class MemoryStore:
             self.config  # noqa: B018 - validates the schema version
             return False
         self._check_writable()
+        # Two first writers may race here; the parent directory's lock makes one
+        # of them create the store and the other find it made.
+        try:
+            self.root.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.root.parent, os.O_RDONLY)
+        except OSError as exc:
+            raise StoreError(f"cannot create {self.root}: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if self.exists():
+                self.config  # noqa: B018
+                return False
+            return self._create()
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _create(self) -> bool:
         if self.root.exists() and any(self.root.iterdir()):
             raise StoreError(f"{self.root} exists and is not a memos store; choose an empty or new directory")
         from .repo import StoreRepo
