@@ -154,13 +154,8 @@ def _worker() -> ThreadPoolExecutor:
 def _search(ds: Any, where: str | None, n: int, **search: Any) -> list[tuple[int, float]]:
     """(row id, score) of the best ``n`` rows: BM25 for text, cosine distance for vectors."""
     score = "_score" if "full_text_query" in search else "_distance"
-    try:
-        table = ds.to_table(columns=[score], with_row_id=True, filter=where, prefilter=True, limit=n, **search)
-    except (ValueError, OSError) as exc:
-        # A query of only stop words or punctuation has no terms to search.
-        if "full_text_query" in search and "query" in str(exc).lower():
-            return []
-        raise
+    # A query of only stop words or punctuation finds nothing rather than failing.
+    table = ds.to_table(columns=[score], with_row_id=True, filter=where, prefilter=True, limit=n, **search)
     return list(zip(table.column("_rowid").to_pylist(), table.column(score).to_pylist(), strict=True))
 
 

@@ -134,7 +134,7 @@ class UnitTable:
         self.dir = tables_dir
         self.path = tables_dir / f"{TABLE}.lance"
         self._ds: Any = None
-        self._ds_stamp = 0
+        self._ds_stamp: frozenset[str] = frozenset()
         self._writer: Any = None
 
     def exists(self) -> bool:
@@ -149,11 +149,12 @@ class UnitTable:
     def ds(self) -> Any:
         """The dataset at its latest version, for reading.
 
-        Reopened when another process has written since (the mtime of
-        ``_versions/`` moves with every new version), so a long-lived
-        reader sees what other writers add.
+        Reopened when another process has written since, so a long-lived
+        reader sees what other writers add: every version has a manifest of
+        its own name in ``_versions/`` (a directory's mtime is too coarse to
+        tell two quick writes apart).
         """
-        stamp = (self.path / "_versions").stat().st_mtime_ns
+        stamp = frozenset(os.listdir(self.path / "_versions"))
         if self._ds is None or stamp != self._ds_stamp:
             self._ds = lance.dataset(str(self.path))
             self._ds_stamp = stamp
@@ -240,10 +241,9 @@ class UnitTable:
                 # each rewrite would stay in git history. New rows go into a delta
                 # segment; once FTS_MAX_SEGMENTS pile up they are merged into one, as
                 # Lance merges only fragments that the same segments cover (maintain).
-                ds = lance.dataset(str(self.path))
                 segments = stats.num_indices or 1
                 merge = segments if segments + 1 >= FTS_MAX_SEGMENTS else 0  # all of them, with the new rows
-                ds.optimize.optimize_indices(index_names=[FTS_INDEX], num_indices_to_merge=merge)
+                self.ds.optimize.optimize_indices(index_names=[FTS_INDEX], num_indices_to_merge=merge)
         self._changed()
 
     def fragments(self) -> int:
@@ -265,7 +265,7 @@ class UnitTable:
         between, and both add latency and history growth per unit stay flat.
         Old versions are dropped from the work tree: history is git's.
         """
-        ds = lance.dataset(str(self.path))
+        ds = self.ds
         for _ in range(8):  # a merge can fill the next level; 16^8 rows is far away
             # Lance merges only fragments that the same index segments cover, so
             # fragments are grouped by that coverage as well as by level.
@@ -282,9 +282,9 @@ class UnitTable:
             others = [fid for ids in groups.values() for fid in ids if fid not in merge]
             ds.optimize.compact_files(target_rows_per_fragment=1 << 30, excluded_fragment_ids=others,
                                       materialize_deletions_threshold=0.3)
-            ds = lance.dataset(str(self.path))
+            ds = self.ds
         self._index_vectors()
-        lance.dataset(str(self.path)).cleanup_old_versions(older_than=timedelta(0), delete_unverified=True)
+        self.ds.cleanup_old_versions(older_than=timedelta(0), delete_unverified=True)
         if self._writer is not None:
             self._writer.checkout_latest()
         self._changed()
@@ -296,7 +296,7 @@ class UnitTable:
         only keeps queries fast. New rows are folded in once they pass 10% of
         the indexed ones; the index is trained anew when the table has doubled.
         """
-        ds = lance.dataset(str(self.path))
+        ds = self.ds
         rows = ds.count_rows()
         if rows < VECTOR_INDEX_MIN_ROWS:
             return
