@@ -145,6 +145,7 @@ def test_bad_input_fails_cleanly(cli, filled, args, stdin, match):
 def test_unknown_id_and_reads_of_a_missing_store(cli, tmp_path):
     assert_clean_failure(cli("list", store=tmp_path / "nothing"), match="no memos store")
     assert_clean_failure(cli("recall", "x", store=tmp_path / "nothing"), match="no memos store")
+    assert_clean_failure(cli("compact", store=tmp_path / "nothing"), match="no memos store")
     assert not (tmp_path / "nothing").exists()
 
 

@@ -23,6 +23,19 @@ def open_store(ctx: typer.Context) -> Any:
     return obj["store"]
 
 
+def open_existing_store(ctx: typer.Context) -> Any:
+    """The store, which must exist already (reads and maintenance never create one).
+
+    A missing or too-new store fails here, before any work; a write that was
+    cut off is put right first, and the user told.
+    """
+    store = open_store(ctx)
+    store.config  # noqa: B018
+    store.recover()
+    say_notices(store)
+    return store
+
+
 def say_notices(store: Any) -> None:
     """Tell the user what the store did on its own (a recovery, say)."""
     for notice in store.notices:

@@ -9,7 +9,7 @@ import typer
 
 from ..core.errors import UsageError
 from .app import app
-from .common import open_store, print_json, read_json_lines, say_notices
+from .common import open_existing_store, print_json, read_json_lines
 
 KindF = Annotated[str | None, typer.Option("--kind", metavar="KIND", help="Only this kind.")]
 TagF = Annotated[list[str] | None, typer.Option("--tag", "-t", metavar="TAG",
@@ -38,14 +38,6 @@ def _filters(kind: str | None, tag: list[str] | None, cube: str | None, user: st
         raise UsageError(f"bad status {status!r}: use one of {', '.join(STATUSES)} or 'all'")
     return Filters(kind=kind, tags=tag or [], cube=cube, user=user,
                    since=parse_time(since, "--since"), until=parse_time(until, "--until"), status=status)
-
-
-def _open_existing(ctx: typer.Context) -> Any:
-    store = open_store(ctx)
-    store.config  # noqa: B018 - a missing or too-new store fails here, before any work
-    store.recover()
-    say_notices(store)
-    return store
 
 
 @app.command()
@@ -85,14 +77,14 @@ def recall(
                 raise UsageError(f"line {lineno}: bad k {kk!r}")
             queries.append(rec["query"])
             ks.append(kk)
-        store = _open_existing(ctx)
+        store = open_existing_store(ctx)
         store.preload_embedder()
         results = store.recall_many(queries, ks, filters) if queries else []
         for q, hits in zip(queries, results, strict=True):
             print_json({"query": q, "results": [h.to_json() for h in hits]})
         return
     text = " ".join(query or [])
-    store = _open_existing(ctx)
+    store = open_existing_store(ctx)
     store.preload_embedder()
     hits = store.recall(text, k, filters)
     if json_out:
@@ -117,7 +109,7 @@ def list_(
     Example: memos list --kind fact --tag alice -n 20
     """
     filters = _filters(kind, tag, cube, user, since, until, None if status is Status.all else status.value)
-    store = _open_existing(ctx)
+    store = open_existing_store(ctx)
     units = store.list(filters, limit=limit)
     if json_out:
         print_json([u.to_json() for u in units])
@@ -137,7 +129,7 @@ def show(
 
     Example: memos show 01jd3x7k9m
     """
-    store = _open_existing(ctx)
+    store = open_existing_store(ctx)
     unit = store.get(unit_id)
     if json_out:
         print_json(unit.to_json())
@@ -153,7 +145,7 @@ def stats(ctx: typer.Context, json_out: JsonOpt = False) -> None:
 
     Example: memos stats --json
     """
-    store = _open_existing(ctx)
+    store = open_existing_store(ctx)
     data = store.stats()
     if json_out:
         print_json(data)

@@ -8,9 +8,8 @@ from typing import Annotated
 
 import typer
 
-from ..core.errors import UsageError
 from .app import app
-from .common import open_store, print_json, read_json_lines, read_source, say_notices
+from .common import open_existing_store, open_store, print_json, read_json_lines, read_source, say_notices
 
 KindOpt = Annotated[str, typer.Option("--kind", metavar="KIND", help="fact, preference, episode, note, or a word of your own.")]
 TagOpt = Annotated[list[str] | None, typer.Option("--tag", "-t", metavar="TAG", help="A tag; repeat for more.")]
@@ -124,9 +123,7 @@ def compact(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     """
     from ..render import human_bytes
 
-    store = open_store(ctx)
-    if not store.exists():
-        raise UsageError(f"no memos store at {store.root}")
+    store = open_existing_store(ctx)
     sizes = store.compact()
     say_notices(store)
     if json_out:
