@@ -56,7 +56,7 @@ _memos()
         if [[ $cur == -* ]]; then
             COMPREPLY=($(compgen -W "--store -s --version --help -h" -- "$cur"))
         else
-            COMPREPLY=($(compgen -W "add compact demo import init list recall show stats" -- "$cur"))
+            COMPREPLY=($(compgen -W "add check compact demo diff edit forget import init list log purge recall rollback show stats" -- "$cur"))
         fi
         return 0
     fi
@@ -72,6 +72,11 @@ _memos()
                 COMPREPLY=($(compgen -W "--kind --tag -t --meta -m --time --ttl --importance --cube --user --json --help -h" -- "$cur"))
             fi
             ;;
+        check)
+            if [[ $cur == -* ]]; then
+                COMPREPLY=($(compgen -W "--repair --json --help -h" -- "$cur"))
+            fi
+            ;;
         compact)
             if [[ $cur == -* ]]; then
                 COMPREPLY=($(compgen -W "--json --help -h" -- "$cur"))
@@ -85,6 +90,31 @@ _memos()
             esac
             if [[ $cur == -* ]]; then
                 COMPREPLY=($(compgen -W "--keep --help -h" -- "$cur"))
+            fi
+            ;;
+        diff)
+            if [[ $cur == -* ]]; then
+                COMPREPLY=($(compgen -W "--usage --json --help -h" -- "$cur"))
+            fi
+            ;;
+        edit)
+            case "$prev" in
+                --text|--tag|-t|--untag|--meta|-m|--kind|--importance|--time)
+                    :  # a value with nothing to offer
+                    return 0 ;;
+            esac
+            if [[ $cur == -* ]]; then
+                COMPREPLY=($(compgen -W "--text --tag -t --untag --meta -m --kind --importance --time --json --help -h" -- "$cur"))
+            fi
+            ;;
+        forget)
+            case "$prev" in
+                --kind|--tag|-t|--cube|--user|--since|--until)
+                    :  # a value with nothing to offer
+                    return 0 ;;
+            esac
+            if [[ $cur == -* ]]; then
+                COMPREPLY=($(compgen -W "--where --kind --tag -t --cube --user --since --until --yes -y --json --help -h" -- "$cur"))
             fi
             ;;
         import)
@@ -117,6 +147,21 @@ _memos()
                 COMPREPLY=($(compgen -W "--kind --tag -t --cube --user --since --until --status --limit -n --json --help -h" -- "$cur"))
             fi
             ;;
+        log)
+            case "$prev" in
+                -n|--cube|--user)
+                    :  # a value with nothing to offer
+                    return 0 ;;
+            esac
+            if [[ $cur == -* ]]; then
+                COMPREPLY=($(compgen -W "-n --cube --user --json --help -h" -- "$cur"))
+            fi
+            ;;
+        purge)
+            if [[ $cur == -* ]]; then
+                COMPREPLY=($(compgen -W "--in-history --yes -y --json --help -h" -- "$cur"))
+            fi
+            ;;
         recall)
             case "$prev" in
                 -k|--kind|--tag|-t|--cube|--user|--since|--until)
@@ -130,9 +175,14 @@ _memos()
                 COMPREPLY=($(compgen -W "-k --kind --tag -t --cube --user --since --until --batch --json --help -h" -- "$cur"))
             fi
             ;;
+        rollback)
+            if [[ $cur == -* ]]; then
+                COMPREPLY=($(compgen -W "--yes -y --json --help -h" -- "$cur"))
+            fi
+            ;;
         show)
             if [[ $cur == -* ]]; then
-                COMPREPLY=($(compgen -W "--json --help -h" -- "$cur"))
+                COMPREPLY=($(compgen -W "--history --json --help -h" -- "$cur"))
             fi
             ;;
         stats)

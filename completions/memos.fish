@@ -40,13 +40,20 @@ complete -c memos -n 'not __memos_command' -l help -s h -d 'Show this message an
 
 # Commands
 complete -c memos -n 'not __memos_command' -a add -d 'Remember something; prints the new id.'
+complete -c memos -n 'not __memos_command' -a check -d 'Verify the store: git, the unit files, the search table, embeddings and indexes.'
 complete -c memos -n 'not __memos_command' -a compact -d 'Merge table fragments, refresh the text index and repack git history.'
 complete -c memos -n 'not __memos_command' -a demo -d 'Run the main loop on a scratch store: add memories, recall them, show the history.'
+complete -c memos -n 'not __memos_command' -a diff -d 'What changed in memory: units added, removed and changed, with a diff of their text and fields.'
+complete -c memos -n 'not __memos_command' -a edit -d 'Change a memory: a new version of it, the old one kept in history.'
+complete -c memos -n 'not __memos_command' -a forget -d 'Forget memories: gone from recall, kept in history (`memos rollback` undoes it).'
 complete -c memos -n 'not __memos_command' -a import -d 'Import many memories in one commit, all or nothing.'
 complete -c memos -n 'not __memos_command' -a init -d 'Create the memory store (the first write creates it too).'
 complete -c memos -n 'not __memos_command' -a list -d 'List memories, newest first.'
+complete -c memos -n 'not __memos_command' -a log -d 'The operations on memory, newest first: who, when, what and how many units.'
+complete -c memos -n 'not __memos_command' -a purge -d 'Delete memories for good: from the store, its search table and all of git history.'
 complete -c memos -n 'not __memos_command' -a recall -d 'Find the memories that best match a query (full-text and vector search, fused).'
-complete -c memos -n 'not __memos_command' -a show -d 'Show one memory with all its fields.'
+complete -c memos -n 'not __memos_command' -a rollback -d 'Put memory back as it was at REV, as a new commit; history is kept, so it can be undone.'
+complete -c memos -n 'not __memos_command' -a show -d 'Show one memory with all its fields, or every version of it.'
 complete -c memos -n 'not __memos_command' -a stats -d 'Counts by kind, status and cube, and sizes on disk.'
 
 # memos add
@@ -61,6 +68,11 @@ complete -c memos -n '__memos_using add' -l user -x -d 'Who it belongs to (defau
 complete -c memos -n '__memos_using add' -l json -d 'Print JSON instead of text.'
 complete -c memos -n '__memos_using add' -l help -s h -d 'Show this message and exit.'
 
+# memos check
+complete -c memos -n '__memos_using check' -l repair -d 'Fix what can be fixed (rebuilds the search table).'
+complete -c memos -n '__memos_using check' -l json -d 'Print JSON instead of text.'
+complete -c memos -n '__memos_using check' -l help -s h -d 'Show this message and exit.'
+
 # memos compact
 complete -c memos -n '__memos_using compact' -l json -d 'Print JSON instead of text.'
 complete -c memos -n '__memos_using compact' -l help -s h -d 'Show this message and exit.'
@@ -68,6 +80,34 @@ complete -c memos -n '__memos_using compact' -l help -s h -d 'Show this message 
 # memos demo
 complete -c memos -n '__memos_using demo' -l keep -x -a '(__fish_complete_directories)' -d 'Build the demo store here and keep it (default: a temporary directory).'
 complete -c memos -n '__memos_using demo' -l help -s h -d 'Show this message and exit.'
+
+# memos diff
+complete -c memos -n '__memos_using diff' -l usage -d 'Also list units whose access counts alone changed.'
+complete -c memos -n '__memos_using diff' -l json -d 'Print JSON instead of text.'
+complete -c memos -n '__memos_using diff' -l help -s h -d 'Show this message and exit.'
+
+# memos edit
+complete -c memos -n '__memos_using edit' -l text -x -d 'New text (\'-\' reads stdin).'
+complete -c memos -n '__memos_using edit' -l tag -s t -x -d 'Add a tag; repeat for more.'
+complete -c memos -n '__memos_using edit' -l untag -x -d 'Remove a tag.'
+complete -c memos -n '__memos_using edit' -l meta -s m -x -d 'Set a meta key (JSON values allowed); \'KEY=\' removes it.'
+complete -c memos -n '__memos_using edit' -l kind -x -d 'New kind.'
+complete -c memos -n '__memos_using edit' -l importance -x -d 'New importance.'
+complete -c memos -n '__memos_using edit' -l time -x -d 'When it happened.'
+complete -c memos -n '__memos_using edit' -l json -d 'Print JSON instead of text.'
+complete -c memos -n '__memos_using edit' -l help -s h -d 'Show this message and exit.'
+
+# memos forget
+complete -c memos -n '__memos_using forget' -l where -d 'Forget every memory matching the filters.'
+complete -c memos -n '__memos_using forget' -l kind -x -d 'Only this kind.'
+complete -c memos -n '__memos_using forget' -l tag -s t -x -d 'Only units with this tag; repeat to require more.'
+complete -c memos -n '__memos_using forget' -l cube -x -d 'Only this cube.'
+complete -c memos -n '__memos_using forget' -l user -x -d 'Only this user\'s units.'
+complete -c memos -n '__memos_using forget' -l since -x -d 'Only units whose time is at or after this (ISO 8601, \'7d ago\').'
+complete -c memos -n '__memos_using forget' -l until -x -d 'Only units whose time is before this.'
+complete -c memos -n '__memos_using forget' -l yes -s y -d 'Do not ask for confirmation (for scripts).'
+complete -c memos -n '__memos_using forget' -l json -d 'Print JSON instead of text.'
+complete -c memos -n '__memos_using forget' -l help -s h -d 'Show this message and exit.'
 
 # memos import
 complete -c memos -n '__memos_using import' -l kind -x -d 'fact, preference, episode, note, or a word of your own.'
@@ -93,6 +133,19 @@ complete -c memos -n '__memos_using list' -l limit -s n -x -d 'At most this many
 complete -c memos -n '__memos_using list' -l json -d 'Print JSON instead of text.'
 complete -c memos -n '__memos_using list' -l help -s h -d 'Show this message and exit.'
 
+# memos log
+complete -c memos -n '__memos_using log' -s n -x -d 'At most N operations.'
+complete -c memos -n '__memos_using log' -l cube -x -d 'Only operations on this cube.'
+complete -c memos -n '__memos_using log' -l user -x -d 'Only this user\'s operations.'
+complete -c memos -n '__memos_using log' -l json -d 'Print JSON instead of text.'
+complete -c memos -n '__memos_using log' -l help -s h -d 'Show this message and exit.'
+
+# memos purge
+complete -c memos -n '__memos_using purge' -l in-history -d 'Also purge ids that are only in history (forgotten by rollback).'
+complete -c memos -n '__memos_using purge' -l yes -s y -d 'Do not ask for confirmation (for scripts).'
+complete -c memos -n '__memos_using purge' -l json -d 'Print JSON instead of text.'
+complete -c memos -n '__memos_using purge' -l help -s h -d 'Show this message and exit.'
+
 # memos recall
 complete -c memos -n '__memos_using recall' -s k -x -d 'How many results.'
 complete -c memos -n '__memos_using recall' -l kind -x -d 'Only this kind.'
@@ -105,7 +158,13 @@ complete -c memos -n '__memos_using recall' -l batch -r -F -d 'JSON lines {"quer
 complete -c memos -n '__memos_using recall' -l json -d 'Print JSON instead of text.'
 complete -c memos -n '__memos_using recall' -l help -s h -d 'Show this message and exit.'
 
+# memos rollback
+complete -c memos -n '__memos_using rollback' -l yes -s y -d 'Do not ask for confirmation.'
+complete -c memos -n '__memos_using rollback' -l json -d 'Print JSON instead of text.'
+complete -c memos -n '__memos_using rollback' -l help -s h -d 'Show this message and exit.'
+
 # memos show
+complete -c memos -n '__memos_using show' -l history -d 'Every version of it, from git history.'
 complete -c memos -n '__memos_using show' -l json -d 'Print JSON instead of text.'
 complete -c memos -n '__memos_using show' -l help -s h -d 'Show this message and exit.'
 

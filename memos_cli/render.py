@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .core.units import MemoryUnit, iso
@@ -78,3 +79,85 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} GiB"
+
+
+def log_table(commits: list[Any]) -> None:
+    if not commits:
+        console.print("[dim]no history[/dim]")
+        return
+    table = Table(header_style="bold")
+    for col in ("commit", "when", "user", "op", "units", "what"):
+        table.add_column(col, overflow="fold" if col == "what" else "ellipsis", no_wrap=col != "what")
+    for c in commits:
+        data = c.to_json()
+        when = c.when.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+        units = "" if data["units"] is None else str(data["units"])
+        what = c.subject.split(": ", 1)[1] if ": " in c.subject and c.op != "git" else c.subject
+        table.add_row(c.sha[:10], when, data["user"], c.op, units, what)
+    console.print(table)
+
+
+def _value(value: Any) -> str:
+    import json
+
+    return json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else value
+
+
+def _text_lines(lines: list[str], indent: str = "    ") -> None:
+    for line in lines:
+        style = "green" if line.startswith("+") else "red" if line.startswith("-") else "dim"
+        console.print(f"{indent}{line}", style=style, markup=False, highlight=False)
+
+
+def diff_view(diff: Any, usage: bool = False) -> None:
+    usage_only = [c for c in diff.changes if c.usage_only]
+    shown = [c for c in diff.changes if usage or not c.usage_only]
+    head = (f"[bold]{diff.old[:10]}..{diff.new[:10]}[/bold]: {diff.count('added')} added, "
+            f"{diff.count('removed')} removed, {diff.count('changed')} changed")
+    if usage_only and not usage:
+        head += f" [dim](and access counts of {len(usage_only)} units; --usage lists them)[/dim]"
+    console.print(head, highlight=False)
+    for c in shown:
+        if c.change == "added":
+            console.print(f"[green]+ {c.id}[/green] {escape(f'[{c.new.kind}]')} {escape(_clip(c.new.text))}",
+                          highlight=False)
+        elif c.change == "removed":
+            console.print(f"[red]- {c.id}[/red] {escape(f'[{c.old.kind}]')} {escape(_clip(c.old.text))}",
+                          highlight=False)
+        else:
+            console.print(f"[yellow]~ {c.id}[/yellow] version {c.old.version} -> {c.new.version}", highlight=False)
+            old, new = c.old.to_json(), c.new.to_json()
+            for name in c.fields:
+                if name != "text":
+                    console.print(f"    {name}: {_value(old[name])} -> {_value(new[name])}", markup=False,
+                                  highlight=False)
+            if "text" in c.fields:
+                console.print("    text:")
+                _text_lines(c.text_diff(), "      ")
+
+
+def versions_view(versions: list[Any]) -> None:
+    for v in versions:
+        c = v.commit
+        when = c.when.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+        unit = v.unit
+        label = f"v{unit.version} {unit.status}" if unit else "removed"
+        fields = [f for f in v.fields if f not in ("updated_at", "version")]
+        what = "created" if not v.fields else ", ".join(fields) or "touched"
+        console.print(f"[yellow]{c.sha[:10]}[/yellow] {when} {escape(c.to_json()['user'])} [bold]{c.op}[/bold] "
+                      f"{label}: {escape(what)}", highlight=False)
+        if unit and (not v.fields or "text" in v.fields or "restored" in v.fields):
+            for line in unit.text.splitlines() or [""]:
+                console.print(f"    {line}", markup=False, highlight=False)
+
+
+def check_view(report: Any) -> None:
+    for line in report.repaired:
+        console.print(f"[green]repaired:[/green] {line}", highlight=False)
+    for p in report.problems:
+        state = "[green]fixed[/green]" if p.fixed else "[red]problem[/red]"
+        hint = " (memos check --repair fixes it)" if p.fixable and not p.fixed else ""
+        console.print(f"{state} {escape(f'[{p.area}]')} {escape(p.message)}{hint}", highlight=False)
+    if report.ok:
+        console.print(f"[green]ok[/green]: {report.units} units at {str(report.head)[:10]}, the search table "
+                      f"({report.rows} rows), embeddings and indexes are in step", highlight=False)

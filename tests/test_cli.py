@@ -180,7 +180,7 @@ def test_existing_store_not_writable(cli, filled):
 
 def test_store_from_a_newer_schema(cli, filled):
     path = filled / "memos.toml"
-    path.write_text(path.read_text().replace("schema_version = 1", "schema_version = 7"))
+    path.write_text(path.read_text().replace("schema_version = 2", "schema_version = 7"))
     subprocess.run(["git", "-C", str(filled), "commit", "-qam", "from the future"], check=True,
                    env={**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
                         "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"})

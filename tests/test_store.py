@@ -120,7 +120,7 @@ def test_access_counts_reach_history_with_the_next_write(store):
 
 def test_newer_schema_is_refused(store):
     path = store.root / "memos.toml"
-    path.write_text(path.read_text().replace("schema_version = 1", "schema_version = 99"))
+    path.write_text(path.read_text().replace("schema_version = 2", "schema_version = 99"))
     with pytest.raises(StoreError, match="newer memos"):
         MemoryStore(store.root).config  # noqa: B018
 
@@ -186,11 +186,10 @@ CRASH_MID_WRITE = textwrap.dedent("""
     from memos_cli.models.registry import default_embedding_model_path
     s = MemoryStore(sys.argv[1], embedder=Embedder(default_embedding_model_path()))
     units = [build_unit(f"half-written {i}") for i in range(20)]
-    s._embed(units, None)
+    s.embed(units)
     with s.transaction("import") as txn:
-        s.table.add(units)
-        s.table.ensure_fts_index()
-        os._exit(9)  # killed between the table write and the commit
+        s.save(txn, units, new=True)
+        os._exit(9)  # killed between the writes and the commit
 """)
 
 

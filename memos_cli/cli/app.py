@@ -49,9 +49,20 @@ def main_options(
     ctx.ensure_object(dict)["store_path"] = store
 
 
+COMMAND_MODULES = ("write", "read", "change", "history", "maintain", "demo", "completions")
+
+
+def load_commands() -> None:
+    """Import the modules that register commands (in this order in --help)."""
+    import importlib
+
+    for module in COMMAND_MODULES:
+        importlib.import_module(f".{module}", __package__)
+
+
 def main() -> None:
     """Console entry point: run the app; a ``MemosError`` becomes one line on stderr."""
-    from . import completions, demo, read, write  # noqa: F401 - registers the commands (in this order in --help)
+    load_commands()
 
     try:
         code = app(prog_name="memos", standalone_mode=False)

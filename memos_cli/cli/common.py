@@ -75,3 +75,28 @@ def read_json_lines(source: str) -> list[tuple[int, Any]]:
         except ValueError as exc:
             raise UsageError(f"line {lineno}: not valid JSON ({exc.msg})") from None
     return records
+
+
+def confirm(action: str, items: list[str], yes: bool, *, required: bool) -> None:
+    """Ask before a bulk or irreversible change.
+
+    On a terminal: show what it affects and ask. Elsewhere (scripts, cron):
+    go on only with ``--yes`` when ``required``, else go on.
+    """
+    from ..core.errors import Cancelled
+
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        if required:
+            raise UsageError(f"refusing to {action} without --yes (there is no terminal to ask on)")
+        return
+    for text in items[:5]:
+        line = " ".join(text.split())
+        print(f"  {line[:90]}{'…' if len(line) > 90 else ''}", file=sys.stderr)
+    if len(items) > 5:
+        print(f"  … and {len(items) - 5} more", file=sys.stderr)
+    print(f"{action}? [y/N] ", end="", file=sys.stderr, flush=True)
+    answer = sys.stdin.readline().strip().lower()
+    if answer not in ("y", "yes"):
+        raise Cancelled("cancelled; nothing changed")

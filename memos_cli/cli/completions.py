@@ -69,7 +69,9 @@ class Cmd:
 
 def _load_commands() -> None:
     """Import the modules that register commands, as ``app.main()`` does."""
-    from . import demo, read, write  # noqa: F401 - keep in step with the import line in app.main()
+    from .app import load_commands
+
+    load_commands()
 
 
 def _first_line(text: str | None) -> str:

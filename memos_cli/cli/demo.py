@@ -34,6 +34,7 @@ def demo(
     """
     from rich.console import Console
 
+    from ..core import history
     from ..core.retrieval import Filters
     from ..core.store import MemoryStore
     from ..render import hits_table, units_table
@@ -55,8 +56,7 @@ def demo(
             console.rule(f"memos recall {query!r} -k 3")
             hits_table(store.recall(query, 3), query)
         console.rule("history (one commit per change)")
-        for commit in store.history(20):
-            console.print(f"[yellow]{commit.sha[:10]}[/yellow] {commit.when:%Y-%m-%d %H:%M} "
-                          f"{commit.message.splitlines()[0]}")
+        for commit in history.log(store, 20):
+            console.print(f"[yellow]{commit.sha[:10]}[/yellow] {commit.when:%Y-%m-%d %H:%M} {commit.subject}")
         if keep:
             console.print(f"\nThe store is kept at {root}: try `memos --store {root} recall 'marathon'`.")

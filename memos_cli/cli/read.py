@@ -123,13 +123,32 @@ def list_(
 def show(
     ctx: typer.Context,
     unit_id: Annotated[str, typer.Argument(help="A unit's id, or a unique prefix of it.", metavar="ID")],
+    history: Annotated[bool, typer.Option("--history", help="Every version of it, from git history.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Show one memory with all its fields.
+    """Show one memory with all its fields, or every version of it.
 
-    Example: memos show 01jd3x7k9m
+    With --history, a full id also finds a memory that is no longer in the
+    store (removed by a rollback).
+
+    Examples:
+
+      memos show 01jd3x7k9m
+
+      memos show 01jd3x7k9m --history
     """
     store = open_existing_store(ctx)
+    if history:
+        from ..core.history import unit_versions
+
+        versions = unit_versions(store, unit_id)
+        if json_out:
+            print_json([v.to_json() for v in versions])
+        else:
+            from ..render import versions_view
+
+            versions_view(versions)
+        return
     unit = store.get(unit_id)
     if json_out:
         print_json(unit.to_json())

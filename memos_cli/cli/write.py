@@ -1,4 +1,4 @@
-"""Commands that change memory: init, add, import, compact."""
+"""Commands that add memory: init, add, import."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from .app import app
-from .common import open_existing_store, open_store, print_json, read_json_lines, read_source, say_notices
+from .common import open_store, print_json, read_json_lines, read_source, say_notices
 
 KindOpt = Annotated[str, typer.Option("--kind", metavar="KIND", help="fact, preference, episode, note, or a word of your own.")]
 TagOpt = Annotated[list[str] | None, typer.Option("--tag", "-t", metavar="TAG", help="A tag; repeat for more.")]
@@ -113,21 +113,3 @@ def import_(
                     "commit": store.repo.head()})
     else:
         print(f"imported {len(units)} memories in {seconds:.1f}s ({len(units) / seconds:.0f}/s)")
-
-
-@app.command()
-def compact(ctx: typer.Context, json_out: JsonOpt = False) -> None:
-    """Merge table fragments, refresh the text index and repack git history.
-
-    Run it after many single adds, or from cron. Example: memos compact
-    """
-    from ..render import human_bytes
-
-    store = open_existing_store(ctx)
-    sizes = store.compact()
-    say_notices(store)
-    if json_out:
-        print_json(sizes)
-    else:
-        print(f"tables {human_bytes(sizes['tables_bytes_before'])} -> {human_bytes(sizes['tables_bytes_after'])}, "
-              f".git {human_bytes(sizes['git_bytes_before'])} -> {human_bytes(sizes['git_bytes_after'])}")

@@ -12,7 +12,7 @@ from .errors import StoreError
 
 # Version of the on-disk layout (table schema and config). A store written by
 # a newer version is refused rather than misread; an older one is migrated.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 CONFIG_NAME = "memos.toml"
 
 

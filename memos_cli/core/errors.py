@@ -42,3 +42,9 @@ class ModelError(MemosError):
     """A model file that is missing, unreadable or of the wrong kind."""
 
     exit_code = 6
+
+
+class Cancelled(MemosError):
+    """The user said no when asked to confirm; nothing changed."""
+
+    exit_code = 1

@@ -1,10 +1,15 @@
-"""``MemoryStore``: one memory directory, a git repository of LanceDB tables.
+"""``MemoryStore``: one memory directory, a git repository of unit files.
 
-Writes go through ``transaction()``: take the lock, note the commit the store
-is at in a journal, change the tables, commit everything as one git commit,
-drop the journal. A write that fails, or a process killed in the middle, leaves
-the journal behind; the next command that takes the lock finds it and puts the
-work tree back to that commit (``recover``), and says so.
+The memory is one JSON file per unit (``files``), versioned by git; the
+LanceDB table that searches it is derived data outside git (``sync``).
+
+Writes go through ``transaction()``: take the lock, note in a journal the
+commit the store is at and the table's version, write the unit files and the
+table rows, commit the changed files as one git commit, move the table's
+marker to it, drop the journal. A write that fails, or a process killed in the
+middle, leaves the journal behind; the next command that takes the lock finds
+it, puts the files back to that commit and the table back to that version
+(``recover``), and says so.
 
 Access counts: recall does not commit. Each recall appends the ids it returned
 to ``.git/memos/access.jsonl`` (unversioned, append-only, no lock needed). The
@@ -27,7 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import CONFIG_NAME, StoreConfig
+from . import files
+from .config import CONFIG_NAME, SCHEMA_VERSION, StoreConfig
 from .errors import MemosError, NotFoundError, StoreError, UsageError
 from .lock import StoreLock
 from .units import MemoryUnit, build_unit, default_user, iso, utcnow
@@ -51,7 +57,11 @@ class Transaction:
     user: str = ""
     ids: list[str] = field(default_factory=list)
     summary: str = ""  # replaces the "N units" part of the first line
+    details: list[str] = field(default_factory=list)  # more lines for the message body
     folded_accesses: int = 0
+    paths: set[str] = field(default_factory=set)  # unit files written or removed
+    commit: str | None = None  # the new commit, once made
+    allow_empty: bool = False  # commit even when no file changed
     after_commit: list[Callable[[], object]] = field(default_factory=list)  # run under the lock
 
     def message(self) -> str:
@@ -62,6 +72,7 @@ class Transaction:
         if self.ids:
             shown = self.ids if n <= 20 else self.ids[:10] + ["..."] + self.ids[-5:]
             body.append("ids: " + " ".join(shown))
+        body += self.details
         if self.folded_accesses:
             body.append(f"access counts folded in for {self.folded_accesses} units")
         trailers = [f"Memos-Op: {self.op}", f"Memos-Units: {n}", f"Memos-Cube: {self.cube}", f"Memos-User: {self.user}"]
@@ -165,12 +176,7 @@ class MemoryStore:
             repo = StoreRepo.init(self.root)
             cfg = StoreConfig()
             self.config_path.write_text(cfg.to_toml(), encoding="utf-8")
-            (self.root / ".gitattributes").write_text(
-                "# LanceDB files are binary; git stores them whole and packs them with deltas.\n"
-                f"{TABLES_DIR}/** binary\n",
-                encoding="utf-8",
-            )
-            (self.root / TABLES_DIR).mkdir(exist_ok=True)
+            _write_gitignore(self.root)
             repo.commit_all(f"init: memos store (schema {cfg.schema_version})\n\nMemos-Op: init\n", default_user())
         except MemosError:
             raise
@@ -184,6 +190,7 @@ class MemoryStore:
             raise StoreError(f"could not create a store at {self.root}: {exc}") from None
         self._config = cfg
         self._repo = repo
+        self.table.mark(repo.head())
         return True
 
     # ---- tables and models -------------------------------------------------
@@ -271,10 +278,12 @@ class MemoryStore:
         head = self.repo.head() or ""
         committed = bool(info.get("head")) and info["head"] != head
         self.repo.restore()
-        if committed:  # its folded access counts are in that commit
+        if committed:  # its folded access counts are in that commit; the table is synced below
             self._access_folding.unlink(missing_ok=True)
         else:
             self._unfold_access_log()
+            if "table_version" in info:
+                self.table.restore(info["table_version"])
         self._journal.unlink(missing_ok=True)
         self._table = None
         what = f"an interrupted {info.get('op', 'write')} (pid {info.get('pid', '?')}, started {info.get('started', '?')})"
@@ -286,6 +295,58 @@ class MemoryStore:
             )
         return True
 
+    def _upgrade_locked(self) -> None:
+        """Schema 1 kept the LanceDB table itself in git; schema 2 keeps one file per unit."""
+        if self.config.schema_version >= SCHEMA_VERSION:
+            return
+        units = self.table.units(None) if self.table.exists() else []
+        for unit in units:
+            files.write(self.root, unit)
+        self.repo.git.rm("-r", "--cached", "-q", "--ignore-unmatch", TABLES_DIR, ".gitattributes")
+        (self.root / ".gitattributes").unlink(missing_ok=True)
+        _write_gitignore(self.root)
+        self.config.schema_version = SCHEMA_VERSION
+        self.config_path.write_text(self.config.to_toml(), encoding="utf-8")
+        self.repo.commit_all(
+            f"upgrade: schema 1 -> {SCHEMA_VERSION}, {len(units)} units as files\n\n"
+            "The LanceDB table is now derived data outside git.\n\n"
+            f"Memos-Op: upgrade\nMemos-Units: {len(units)}\nMemos-Cube: *\nMemos-User: {default_user()}\n",
+            default_user(),
+        )
+        self.table.mark(self.repo.head())
+        self.notices.append(f"upgraded the store to schema {SCHEMA_VERSION}: {len(units)} units are now files in git")
+
+    def _sync_locked(self) -> None:
+        from .sync import is_current, sync
+
+        if not is_current(self):
+            done = sync(self)
+            if done:
+                self.notices.append(done)
+
+    def _ensure_current(self) -> None:
+        """Before a read: make sure the table reflects HEAD, if no writer is busy.
+
+        Costs two small file reads when it does (every write by memos keeps
+        them in step); a writer at work is left alone and its table read as is.
+        """
+        from .sync import is_current
+
+        if self.config.schema_version >= SCHEMA_VERSION and is_current(self):
+            return
+        lock = self._lock_for(0)
+        try:
+            if not lock.acquire(blocking=False):
+                return
+        except OSError:
+            return  # a store we may read but not write
+        try:
+            self._recover_locked()
+            self._upgrade_locked()
+            self._sync_locked()
+        finally:
+            lock.release()
+
     @contextmanager
     def transaction(self, op: str, *, cube: str = "default", user: str | None = None) -> Iterator[Transaction]:
         """Everything written inside lands as one commit, or not at all."""
@@ -296,26 +357,30 @@ class MemoryStore:
         lock.acquire()
         try:
             self._recover_locked()
+            self._upgrade_locked()
+            self._sync_locked()
             txn = Transaction(op=op, cube=cube, user=user or default_user())
             self.state_dir.mkdir(parents=True, exist_ok=True)
-            self._journal.write_text(
-                json.dumps({"op": op, "head": self.repo.head(), "pid": os.getpid(), "started": iso(utcnow())}),
-                encoding="utf-8",
-            )
+            journal = {"op": op, "head": self.repo.head(), "table_version": self.table.version,
+                       "pid": os.getpid(), "started": iso(utcnow())}
+            self._journal.write_text(json.dumps(journal), encoding="utf-8")
             committed = False
             try:
-                txn.folded_accesses = self._fold_access_log()
+                txn.folded_accesses = self._fold_access_log(txn)
                 yield txn
-                if self._table is not None and self._table.exists():
-                    self._table.maintain()
-                self.repo.commit_all(txn.message(), txn.user)
+                txn.commit = self.repo.commit(txn.paths, txn.message(), txn.user, allow_empty=txn.allow_empty)
                 committed = True
                 self._access_folding.unlink(missing_ok=True)  # those counts are in the commit now
+                if self.table.exists():
+                    self.table.maintain()
+                self.table.mark(self.repo.head())
+                self.table.cleanup()
                 for step in txn.after_commit:
                     step()
             except BaseException:
                 if not committed:
                     self.repo.restore()
+                    self.table.restore(journal["table_version"])
                     self._unfold_access_log()
                     self._table = None
                 raise
@@ -323,6 +388,25 @@ class MemoryStore:
                 self._journal.unlink(missing_ok=True)
         finally:
             lock.release()
+
+    def save(self, txn: Transaction, units: list[MemoryUnit], *, new: bool = False) -> None:
+        """Write these units (with their vectors) as files and table rows, inside ``txn``."""
+        if not units:
+            return
+        self.check_dim()
+        for unit in units:
+            txn.paths.add(files.write(self.root, unit))
+        if new:
+            self.table.add(units)
+        else:
+            self.table.upsert(units)
+        self.table.ensure_fts_index()
+
+    def drop(self, txn: Transaction, ids: list[str]) -> None:
+        """Remove these units' files and rows, inside ``txn`` (purge; everything else archives)."""
+        for uid in ids:
+            txn.paths.add(files.remove(self.root, uid))
+        self.table.delete(ids)
 
     # ---- access counts ---------------------------------------------------------
 
@@ -371,8 +455,8 @@ class MemoryStore:
             pending[uid] = (n + m, max(last, other))
         return pending
 
-    def _fold_access_log(self) -> int:
-        """Move pending access counts into the table (inside a transaction)."""
+    def _fold_access_log(self, txn: Transaction) -> int:
+        """Move pending access counts into the units (inside a transaction)."""
         if not self._access_log.exists() and not self._access_folding.exists():
             return 0
         if self._access_log.exists():
@@ -384,15 +468,12 @@ class MemoryStore:
             return 0
         from .units import parse_time
 
-        units = []
-        for chunk in _chunks(list(counts), 500):
-            units += self.table.units("id IN (" + ",".join(_q(i) for i in chunk) + ")")
+        units = self._units_by_id(list(counts))
         for u in units:
             n, last = counts[u.id]
             u.access_count += n
             u.last_accessed = parse_time(last)
-        if units:
-            self.table.upsert(units)
+        self.save(txn, units)
         return len(units)
 
     def _unfold_access_log(self) -> None:
@@ -450,23 +531,97 @@ class MemoryStore:
         cubes = sorted({u.cube for u in units})
         users = sorted({u.user for u in units})
         # Embed before taking the lock: the slow part should not block other writers.
-        self._embed(units, progress)
+        self.embed(units, progress)
         with self.transaction(op, cube=",".join(cubes), user=",".join(users)) as txn:
-            self._check_dim()
-            self.table.add(units)
-            self.table.ensure_fts_index()
+            self.save(txn, units, new=True)
             txn.ids = [u.id for u in units]
 
-    def _check_dim(self) -> None:
+    def edit(self, uid: str, changes: dict[str, Any], *, expect_version: int | None = None) -> MemoryUnit | None:
+        """Change a unit's fields; a new version of it. Returns it, or None when nothing changed.
+
+        ``changes`` holds validated values for any of text, kind, tags, meta,
+        importance, time, expires_at, valid_from, valid_to. A changed text is
+        re-embedded. With ``expect_version``, refuses when someone else
+        changed the unit meanwhile (an editor session).
+        """
+        editable = {"text", "kind", "tags", "meta", "importance", "time", "expires_at", "valid_from", "valid_to"}
+        unknown = sorted(set(changes) - editable)
+        if unknown:
+            raise UsageError(f"{unknown[0]!r} cannot be edited")
+        current = self.get(uid)
+        changes = {k: v for k, v in changes.items() if getattr(current, k) != v}
+        if not changes:
+            return None
+        vector = None
+        if "text" in changes:  # embed before the lock
+            vector = self.embedder.embed([changes["text"]])[0].tolist()
+        with self.transaction("edit", cube=current.cube) as txn:
+            unit = self._units_by_id([current.id])[0]  # as of now, under the lock
+            if expect_version is not None and unit.version != expect_version:
+                raise StoreError(f"{unit.id} changed while you edited it (now version {unit.version}); "
+                                 "nothing was saved, edit it again")
+            for key, value in changes.items():
+                setattr(unit, key, value)
+            if vector is not None:
+                unit.vector, unit.model = vector, self.embedder.model_id
+            unit.version += 1
+            unit.updated_at = utcnow()
+            self.save(txn, [unit])
+            txn.ids = [unit.id]
+            txn.details.append(f"{unit.id}: version {unit.version}, changed {', '.join(sorted(changes))}")
+        return unit
+
+    def forget(self, ids: list[str]) -> list[MemoryUnit]:
+        """Soft-delete units (status ``deleted``): gone from recall, kept in history.
+
+        Returns the units forgotten now (those already forgotten are left as they are).
+        """
+        found = {u.id: u for u in (self.get(uid) for uid in ids)}  # every id must exist, before anything changes
+        wanted = list(found)
+        with self.transaction("forget", cube=",".join(sorted({u.cube for u in found.values()}))) as txn:
+            units = [u for u in self._units_by_id(wanted) if u.status != "deleted"]
+            now = utcnow()
+            for unit in units:
+                unit.status = "deleted"
+                unit.version += 1
+                unit.updated_at = now
+            self.save(txn, units)
+            txn.ids = [u.id for u in units]
+        return units
+
+    def rollback(self, rev: str) -> dict[str, Any]:
+        """A new commit that puts every unit back as it was at ``rev``; history is kept."""
+        from .sync import attach_vectors, read_units
+
+        target = self.repo.resolve(rev)
+        with self.transaction("rollback", cube="*") as txn:
+            head = self.repo.head() or ""
+            changes = self.repo.changed(head, target, files.UNITS_DIR)
+            restore = [path for status, path in changes if status != "D"]
+            remove = [uid for status, path in changes if status == "D" and (uid := files.id_of(path))]
+            units = read_units(self, target, restore)
+            attach_vectors(self, units)
+            self.save(txn, units)
+            self.drop(txn, remove)
+            txn.ids = [u.id for u in units] + remove
+            txn.summary = f"to {target[:10]}, {len(txn.ids)} units changed"
+            txn.details.append(f"Memos-Target: {target}")
+        return {"target": target, "commit": txn.commit, "restored": [u.id for u in units], "removed": remove}
+
+    def check_dim(self) -> None:
         """Vectors of another width than the table's cannot be stored or searched."""
         if self.table.exists() and self.table.dim != self.embedder.dim:  # dim is None without a table
             raise StoreError(
                 f"the store's vectors have {self.table.dim} dimensions but the embedding model "
                 f"{self.embedder.model_id} makes {self.embedder.dim}; set [embedding] model in "
-                f"{self.config_path} back to the model the store was built with"
+                f"{self.config_path} back to the model the store was built with, or rebuild the "
+                "search table with `memos check --repair`"
             )
 
-    def _embed(self, units: list[MemoryUnit], progress: Callable[[int, int], None] | None) -> None:
+    def embed(self, units: list[MemoryUnit], progress: Callable[[int, int], None] | None = None) -> None:
+        """Give these units vectors from the store's embedding model."""
+        if not units:
+            return
         embedder = self.embedder
         total = len(units)
         done = 0
@@ -480,7 +635,11 @@ class MemoryStore:
                 progress(done, total)
 
     def compact(self) -> dict[str, int]:
-        """Merge table fragments, refresh the full-text index, repack git."""
+        """Merge table fragments, refresh the indexes, repack git.
+
+        Makes a commit only when pending access counts were folded in: the
+        table is not in git, so compacting it changes no history.
+        """
         before = self.sizes()
         with self.transaction("compact", cube="*") as txn:
             fragments = self.table.fragments()
@@ -494,11 +653,19 @@ class MemoryStore:
 
     # ---- reads --------------------------------------------------------------------
 
+    def _units_by_id(self, ids: list[str]) -> list[MemoryUnit]:
+        """These units from the table (vectors included), in the order given."""
+        found: dict[str, MemoryUnit] = {}
+        for chunk in _chunks(ids, 500):
+            found.update({u.id: u for u in self.table.units("id IN (" + ",".join(_q(i) for i in chunk) + ")")})
+        return [found[i] for i in ids if i in found]
+
     def get(self, uid: str) -> MemoryUnit:
         """A unit by id or by a unique prefix of at least 4 characters."""
         uid = uid.strip().lower()
         if len(uid) < 4 or not uid.isalnum():
             raise NotFoundError(f"no memory with id {uid!r}")
+        self._ensure_current()
         found = self.table.units(f"starts_with(id, {_q(uid)})", limit=2)
         exact = [u for u in found if u.id == uid]
         if exact:
@@ -514,6 +681,7 @@ class MemoryStore:
         from .table import from_row, row_columns
 
         where = (filters or Filters()).sql()
+        self._ensure_current()
         rows = self.table.select(where, columns=row_columns(), limit=limit or None, newest_first=True).to_pylist()
         return self._with_pending([from_row(r) for r in rows])
 
@@ -543,9 +711,10 @@ class MemoryStore:
         for q in queries:
             if not isinstance(q, str) or not q.strip():
                 raise UsageError("the query is empty")
+        self._ensure_current()
         if not self.table.exists():
             return [[] for _ in queries]
-        self._check_dim()
+        self.check_dim()
         where = (filters or Filters()).sql(now=utcnow())
         embed = self.embedder.embed_query
         results = [
@@ -555,9 +724,6 @@ class MemoryStore:
         self.log_access(h.unit.id for hits in results for h in hits)
         return results
 
-    def history(self, n: int = 20) -> list[Any]:
-        return self.repo.history(n)
-
     def sizes(self) -> dict[str, int]:
         return {
             "tables_bytes": _du(self.root / TABLES_DIR),
@@ -566,6 +732,7 @@ class MemoryStore:
 
     def stats(self) -> dict[str, Any]:
         counts: dict[str, dict[str, int]] = {"kind": {}, "status": {}, "cube": {}}
+        self._ensure_current()
         if self.table.exists():
             cols = self.table.select(None, columns=["kind", "status", "cube"]).to_pydict()
             for name, values in cols.items():
@@ -609,11 +776,19 @@ def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
 
 def _du(path: Path) -> int:
     total = 0
-    for dirpath, _dirs, files in os.walk(path):
-        for name in files:
+    for dirpath, _dirs, names in os.walk(path):
+        for name in names:
             try:
                 total += os.lstat(os.path.join(dirpath, name)).st_size
             except OSError:
                 pass
     return total
 
+
+
+def _write_gitignore(root: Path) -> None:
+    (root / ".gitignore").write_text(
+        "# Derived data, rebuilt from the unit files: the LanceDB table and its indexes.\n"
+        f"/{TABLES_DIR}/\n",
+        encoding="utf-8",
+    )

@@ -1,5 +1,10 @@
 """The ``units`` LanceDB table: its Arrow schema, row <-> unit conversion, I/O.
 
+The table is derived data: the unit files in git are the memory, and the
+table holds them again with their embeddings and the full-text and vector
+indexes, for search. It lives in ``tables/``, which git ignores, next to a
+marker (``synced.json``) naming the commit it reflects (see ``sync``).
+
 Reads (recall, list, show, stats) go through ``lance`` (pylance), the format
 library under LanceDB: importing it takes about 0.4 s against 1.3 s for
 ``lancedb``, whose REST namespace client a local store never uses, and cold
@@ -33,6 +38,7 @@ from lance.dataset import ColumnOrdering  # noqa: E402
 from .units import MemoryUnit  # noqa: E402
 
 TABLE = "units"
+MARKER = "synced.json"
 FTS_INDEX = "text_idx"
 _TS = pa.timestamp("us", tz="UTC")
 T = TypeVar("T")
@@ -141,6 +147,54 @@ class UnitTable:
         return (self.path / "_versions").is_dir()
 
     @property
+    def version(self) -> int | None:
+        return int(self.ds.version) if self.exists() else None
+
+    def marker(self) -> dict[str, Any]:
+        """What the table reflects: ``{"head": commit, "version": table version}``, or {}."""
+        try:
+            data = json.loads((self.dir / MARKER).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def mark(self, head: str | None) -> None:
+        """Record that the table now reflects commit ``head``."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.dir / f".{MARKER}.tmp"
+        tmp.write_text(json.dumps({"head": head, "version": self.version}), encoding="utf-8")
+        os.replace(tmp, self.dir / MARKER)
+
+    def unmark(self) -> None:
+        (self.dir / MARKER).unlink(missing_ok=True)
+
+    def restore(self, version: int | None) -> None:
+        """Put the table back to an earlier version (None: the table did not exist)."""
+        if not self.exists() or self.version == version:
+            return
+        if version is None:
+            self.drop()
+            return
+        try:
+            lance.dataset(str(self.path), version=version).restore()
+        except (OSError, ValueError, pa.ArrowInvalid):
+            self.drop()  # that version is gone: the next command rebuilds the table from the files
+            return
+        if self._writer is not None:
+            self._writer.checkout_latest()
+        self._changed()
+
+    def drop(self) -> None:
+        """Remove the table; it is rebuilt from the unit files."""
+        import shutil
+
+        self.unmark()
+        if self.path.exists():
+            shutil.rmtree(self.path)
+        self._writer = None
+        self._changed()
+
+    @property
     def dim(self) -> int | None:
         """Width of the stored vectors; None before the table exists."""
         return self.ds.schema.field("vector").type.list_size if self.exists() else None
@@ -201,8 +255,19 @@ class UnitTable:
         self._changed()
 
     def upsert(self, units: list[MemoryUnit]) -> None:
-        dim = self.dim or len(units[0].vector or [])
-        self.table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all().execute(to_arrow(units, dim))
+        if not self.exists():
+            self.add(units)
+            return
+        self.table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all().execute(
+            to_arrow(units, self.dim or 0))
+        self._changed()
+
+    def delete(self, ids: list[str]) -> None:
+        if not ids or not self.exists():
+            return
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            self.table.delete("id IN (" + ",".join(sql_str(i) for i in chunk) + ")")
         self._changed()
 
     def count(self, where: str | None = None) -> int:
@@ -263,7 +328,6 @@ class UnitTable:
         fragment untouched. A row is thus rewritten once per level
         (log_16 of the table size: 3 times by 10k rows), never again in
         between, and both add latency and history growth per unit stay flat.
-        Old versions are dropped from the work tree: history is git's.
         """
         ds = self.ds
         for _ in range(8):  # a merge can fill the next level; 16^8 rows is far away
@@ -284,10 +348,15 @@ class UnitTable:
                                       materialize_deletions_threshold=0.3)
             ds = self.ds
         self._index_vectors()
-        self.ds.cleanup_old_versions(older_than=timedelta(0), delete_unverified=True)
         if self._writer is not None:
             self._writer.checkout_latest()
         self._changed()
+
+    def cleanup(self) -> None:
+        """Drop every version but the latest (kept until the write committed, to undo it)."""
+        if self.exists():
+            self.ds.cleanup_old_versions(older_than=timedelta(0), delete_unverified=True)
+            self._changed()
 
     def _index_vectors(self) -> None:
         """Build the vector index once the table is big enough; keep it current.

@@ -14,7 +14,7 @@ import os
 import re
 import threading
 import time as _time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -213,6 +213,80 @@ class MemoryUnit:
             if isinstance(value, datetime):
                 out[key] = iso(value)
         return out
+
+
+    @classmethod
+    def from_json(cls, data: object) -> MemoryUnit:
+        """A unit from its JSON form (a unit file, or a unit edited by hand), validated.
+
+        Raises ``UsageError`` naming the first bad field.
+        """
+        if not isinstance(data, dict):
+            raise UsageError("a unit must be a JSON object")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UsageError(f"unknown field {unknown[0]!r}")
+        for name in ("id", "text"):
+            if name not in data:
+                raise UsageError(f"missing field {name!r}")
+        uid = data["id"]
+        if not isinstance(uid, str) or not _ID_RE.match(uid):
+            raise UsageError(f"bad id {uid!r}")
+        sources = data.get("sources") or []
+        if not isinstance(sources, list) or not all(isinstance(s, dict) for s in sources):
+            raise UsageError("sources must be a list of JSON objects")
+        status = data.get("status", "active")
+        if status not in STATUSES:
+            raise UsageError(f"bad status {status!r}: use one of {', '.join(STATUSES)}")
+        version, count = data.get("version", 1), data.get("access_count", 0)
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise UsageError(f"bad version {version!r}: use a whole number from 1")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise UsageError(f"bad access_count {count!r}: use a whole number from 0")
+        supersedes = data.get("supersedes")
+        if supersedes is not None and (not isinstance(supersedes, str) or not _ID_RE.match(supersedes)):
+            raise UsageError(f"bad supersedes {supersedes!r}: use a unit id")
+        times = {name: _strict_time(data.get(name), name) for name in _TIME_FIELDS}
+        importance = data.get("importance", 0.5)
+        return cls(
+            id=uid,
+            text=check_text(data["text"]),
+            kind=check_name(data.get("kind", "note"), "kind"),
+            tags=check_tags(data.get("tags")),
+            meta=check_meta(data.get("meta")),
+            sources=sources,
+            cube=check_name(data.get("cube", "default"), "cube"),
+            user=check_name(data.get("user") or "user", "user"),
+            importance=check_importance(importance),
+            access_count=count,
+            status=status,
+            version=version,
+            supersedes=supersedes,
+            model=str(data.get("model") or ""),
+            **times,
+        )
+
+
+_ID_RE = re.compile(r"^[0-9a-hjkmnp-tv-z]{14}$")
+_TIME_FIELDS = ("created_at", "updated_at", "time", "valid_from", "valid_to", "last_accessed", "expires_at")
+
+
+def _strict_time(value: object, name: str) -> datetime | None:
+    """An ISO 8601 time with its zone, as unit files hold them."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise UsageError(f"bad {name} {value!r}: use an ISO 8601 time")
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00") if value.endswith("Z") else value)
+    except ValueError:
+        raise UsageError(f"bad {name} {value!r}: use an ISO 8601 time") from None
+    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).astimezone(UTC)
+
+
+def is_unit_id(value: str) -> bool:
+    return bool(_ID_RE.match(value))
 
 
 def iso(dt: datetime | None) -> str | None:

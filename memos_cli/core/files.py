@@ -1,0 +1,86 @@
+"""Unit files: the versioned, plain-text form of the memory.
+
+Each unit is one JSON file, ``units/<last two id characters>/<id>.json``,
+and these files are what git versions: a change of memory is a change of a
+few small text files, so history stays near-linear in the number of units,
+``memos diff`` and ``show --history`` read a unit's old versions straight from
+git, and a purge removes one path from history. The LanceDB table (vectors,
+full-text and vector indexes) is derived from them and lives outside git
+(see ``sync``).
+
+The directory is sharded by the ids' last (random) characters so that no
+directory holds more than a few hundred files at 100k units.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .errors import StoreError, UsageError
+from .units import MemoryUnit
+
+UNITS_DIR = "units"
+
+
+def unit_path(uid: str) -> str:
+    """The unit's file, relative to the store's root (a git path)."""
+    return f"{UNITS_DIR}/{uid[-2:]}/{uid}.json"
+
+
+def id_of(path: str) -> str | None:
+    """The unit id a git path names, or None for any other file."""
+    parts = path.split("/")
+    if len(parts) != 3 or parts[0] != UNITS_DIR or not parts[2].endswith(".json"):
+        return None
+    return parts[2][:-5]
+
+
+def dumps(unit: MemoryUnit) -> bytes:
+    """The file's bytes: every field but the derived ones (vector and embedding model).
+
+    Pretty-printed with a fixed key order, so that git and ``git diff`` see
+    one changed line per changed field.
+    """
+    data = unit.to_json()
+    data.pop("model", None)
+    return (json.dumps(data, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
+
+
+def loads(data: bytes, path: str) -> MemoryUnit:
+    """A unit from its file's bytes; ``StoreError`` naming the file when it is not valid."""
+    try:
+        unit = MemoryUnit.from_json(json.loads(data.decode("utf-8")))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise StoreError(f"{path}: not valid JSON ({exc})") from None
+    except UsageError as exc:
+        raise StoreError(f"{path}: {exc}") from None
+    if unit_path(unit.id) != path:
+        raise StoreError(f"{path}: holds unit {unit.id}, whose file is {unit_path(unit.id)}")
+    return unit
+
+
+def write(root: Path, unit: MemoryUnit) -> str:
+    """Write the unit's file (atomically: a reader never sees half of it); returns its path."""
+    rel = unit_path(unit.id)
+    target = root / rel
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_bytes(dumps(unit))
+    os.replace(tmp, target)
+    return rel
+
+
+def remove(root: Path, uid: str) -> str:
+    rel = unit_path(uid)
+    (root / rel).unlink(missing_ok=True)
+    return rel
+
+
+def read(root: Path, uid: str) -> MemoryUnit | None:
+    rel = unit_path(uid)
+    try:
+        return loads((root / rel).read_bytes(), rel)
+    except FileNotFoundError:
+        return None

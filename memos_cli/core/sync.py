@@ -1,0 +1,126 @@
+"""Keep the LanceDB table in step with the unit files at HEAD.
+
+The table is derived from the unit files (plus embeddings), and its marker
+names the commit it reflects. Every write of memos updates both and moves the
+marker with the commit. Anything else that moves HEAD (a crash after the
+commit, ``git pull``, ``git checkout``, a clone, a purge that rewrote history)
+leaves the marker behind; the next command that notices brings the table up to
+date under the store's lock:
+
+- when the marker's commit is in history: only the units whose files changed
+  since it are read, re-embedded if their text changed, and written;
+- otherwise (no table, no marker, rewritten history): the table is rebuilt
+  from every unit file, reusing the vectors of units whose text and model are
+  unchanged, so only new text is embedded.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from . import files
+from .units import MemoryUnit
+
+if TYPE_CHECKING:
+    from .store import MemoryStore
+
+Progress = Callable[[int, int], None]
+
+
+def is_current(store: MemoryStore) -> bool:
+    from .repo import read_head
+
+    return store.table.marker().get("head") == read_head(store.root)
+
+
+def sync(store: MemoryStore, progress: Progress | None = None) -> str | None:
+    """Bring the table to HEAD (the caller holds the lock); returns what was done, or None."""
+    head = store.repo.head()
+    table = store.table
+    marked = table.marker().get("head")
+    if marked == head and (table.exists() or not store.repo.files(head or "HEAD", files.UNITS_DIR)):
+        return None
+    if marked and table.exists() and _known(store, marked):
+        changes = store.repo.changed(marked, head or "HEAD", files.UNITS_DIR)
+        upsert = [path for status, path in changes if status != "D"]
+        removed = [uid for status, path in changes if status == "D" and (uid := files.id_of(path))]
+        units = read_units(store, head or "HEAD", upsert)
+        _write(store, units, removed, progress)
+        table.mark(head)
+        return f"brought the search table up to date with {len(units) + len(removed)} changed units"
+    paths = store.repo.files(head or "HEAD", files.UNITS_DIR)
+    units = read_units(store, head or "HEAD", paths)
+    rebuild(store, units, progress)
+    table.mark(head)
+    return f"rebuilt the search table from {len(units)} unit files" if units else None
+
+
+def _known(store: MemoryStore, sha: str) -> bool:
+    """Is ``sha`` a commit of HEAD's history (not one that a rewrite left behind)?"""
+    head = store.repo.head()
+    if not head:
+        return False
+    proc = subprocess.run(["git", "merge-base", "--is-ancestor", sha, head], cwd=store.root, capture_output=True)
+    return proc.returncode == 0
+
+
+def read_units(store: MemoryStore, rev: str, paths: list[str]) -> list[MemoryUnit]:
+    """The units in these files at ``rev``."""
+    units = []
+    for spec, data in store.repo.cat(f"{rev}:{p}" for p in paths):
+        if data is not None:
+            units.append(files.loads(data, spec.split(":", 1)[1]))
+    return units
+
+
+def attach_vectors(store: MemoryStore, units: list[MemoryUnit], progress: Progress | None = None) -> int:
+    """Give each unit its vector: the table's when its text and model are unchanged, else a new
+    embedding. Returns how many were embedded."""
+    table = store.table
+    embedder = store.embedder
+    known: dict[str, tuple[str, str, list[float]]] = {}
+    if table.exists() and units:
+        ids = [u.id for u in units if u.vector is None]
+        for start in range(0, len(ids), 2000):
+            chunk = ids[start : start + 2000]
+            where = "id IN (" + ",".join("'" + i + "'" for i in chunk) + ")"
+            rows = table.select(where, columns=["id", "text", "model", "vector"]).to_pylist()
+            known.update({r["id"]: (r["text"], r["model"], r["vector"]) for r in rows})
+    todo = []
+    for u in units:
+        if u.vector is not None and u.model == embedder.model_id:
+            continue
+        old = known.get(u.id)
+        if old and old[0] == u.text and old[1] == embedder.model_id and old[2] is not None:
+            u.vector, u.model = list(old[2]), old[1]
+        else:
+            todo.append(u)
+    store.embed(todo, progress)
+    return len(todo)
+
+
+def _write(store: MemoryStore, units: list[MemoryUnit], removed: list[str], progress: Progress | None) -> None:
+    attach_vectors(store, units, progress)
+    store.check_dim()
+    table = store.table
+    if units:
+        table.upsert(units)
+    table.delete(removed)
+    if table.exists():
+        table.ensure_fts_index()
+        table.maintain()
+        table.cleanup()
+
+
+def rebuild(store: MemoryStore, units: list[MemoryUnit], progress: Progress | None = None) -> None:
+    """Make the table anew from these units (reusing the vectors the old one has)."""
+    attach_vectors(store, units, progress)
+    table = store.table
+    table.drop()
+    if units:
+        table.add(units)
+        table.ensure_fts_index()
+        table.maintain()
+        table.cleanup()
