@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from rich.console import Console
@@ -92,7 +93,9 @@ def log_table(commits: list[Any]) -> None:
         data = c.to_json()
         when = c.when.astimezone().strftime("%Y-%m-%d %H:%M:%S")
         units = "" if data["units"] is None else str(data["units"])
-        what = c.subject.split(": ", 1)[1] if ": " in c.subject and c.op != "git" else c.subject
+        what = c.subject
+        if c.op != "git":  # "op: what (cube C, user U)": op, cube and user have their columns
+            what = re.sub(r" \(cube [^)]*\)$", "", what.split(": ", 1)[-1])
         table.add_row(c.sha[:10], when, data["user"], c.op, units, what)
     console.print(table)
 

@@ -204,8 +204,8 @@ def purge(
         print_json(report.to_json())
         return
     print(f"purged {len(report.ids)} memor{'y' if len(report.ids) == 1 else 'ies'}: {' '.join(report.ids)}")
-    print(f"  rewrote {report.commits_rewritten} commits that held {report.blobs_removed} versions of them; "
-          "expired the reflogs and pruned unreachable objects")
+    print(f"  removed {report.blobs_removed} versions of them from history, rewriting it from the first of the "
+          f"{report.commits_rewritten} commits that changed them; expired the reflogs and pruned unreachable objects")
     print(f"  rebuilt the search table ({report.table_rows} units)")
     for note in report.notes:
         print(f"  {note}")

@@ -7,8 +7,8 @@ commit, ``git pull``, ``git checkout``, a clone, a purge that rewrote history)
 leaves the marker behind; the next command that notices brings the table up to
 date under the store's lock:
 
-- when the marker's commit is in history: only the units whose files changed
-  since it are read, re-embedded if their text changed, and written;
+- when the marker's commit still exists: only the units whose files differ
+  between it and HEAD are read, re-embedded if their text changed, and written;
 - otherwise (no table, no marker, rewritten history): the table is rebuilt
   from every unit file, reusing the vectors of units whose text and model are
   unchanged, so only new text is embedded.
@@ -58,11 +58,12 @@ def sync(store: MemoryStore, progress: Progress | None = None) -> str | None:
 
 
 def _known(store: MemoryStore, sha: str) -> bool:
-    """Is ``sha`` a commit of HEAD's history (not one that a rewrite left behind)?"""
-    head = store.repo.head()
-    if not head:
-        return False
-    proc = subprocess.run(["git", "merge-base", "--is-ancestor", sha, head], cwd=store.root, capture_output=True)
+    """Is ``sha`` still a commit of this repository (a purge's rewrite deletes the old ones)?
+
+    It need not be an ancestor of HEAD: after a ``git reset`` to an older
+    commit, the difference between the two trees is still what changed.
+    """
+    proc = subprocess.run(["git", "cat-file", "-e", f"{sha}^{{commit}}"], cwd=store.root, capture_output=True)
     return proc.returncode == 0
 
 
