@@ -1,11 +1,10 @@
-"""Single `add` latency at 1k and 100k units, and history size after many single adds.
+"""Single `add` latency at 1k and 100k units.
 
-- p50/p95 of single adds (one commit each, in-process API) into stores of 1k
-  and --big (default 100k) units (target: flat);
-- store and .git size after --singles (default 10k) single adds into an empty
-  store, then after `compact`.
+p50/p95 of single adds (one commit each, in-process API) into stores of 1k
+and --big (default 100k) units (target: flat). History size after many single
+adds is bench_history.py's.
 
-Usage: python benchmarks/bench_add.py [--big 100000] [--singles 10000] [--big-store DIR]
+Usage: python benchmarks/bench_add.py [--big 100000] [--big-store DIR]
 (--big-store reuses the store built by bench_recall.py --keep DIR.)
 """
 
@@ -18,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import du, mib, pct, sentences
+from common import pct, sentences
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -35,7 +34,6 @@ def add_latency(store, n: int) -> list[float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--big", type=int, default=100_000)
-    ap.add_argument("--singles", type=int, default=10_000)
     ap.add_argument("--probe", type=int, default=200, help="single adds timed at each size")
     ap.add_argument("--big-store", help="an existing store of about --big units to copy")
     args = ap.parse_args()
@@ -58,19 +56,6 @@ def main() -> None:
             print(f"single add at {store.table.count() - args.probe} units: p50 {pct(lat, 0.5):.1f} ms, "
                   f"p95 {pct(lat, 0.95):.1f} ms, max {max(lat):.0f} ms ({args.probe} adds)")
             shutil.rmtree(root)
-
-        root = tmp / "singles"
-        store = MemoryStore(root)
-        start = time.perf_counter()
-        lat = add_latency(store, args.singles)
-        print(f"{args.singles} single adds in {time.perf_counter() - start:.0f}s "
-              f"(p50 {pct(lat, 0.5):.1f} ms, p95 {pct(lat, 0.95):.1f} ms; "
-              f"first 1k p50 {pct(lat[:1000], 0.5):.1f} ms, last 1k p50 {pct(lat[-1000:], 0.5):.1f} ms)")
-        print(f"after {args.singles} single adds: tables {mib(du(root / 'tables'))}, .git {mib(du(root / '.git'))}, "
-              f"fragments {store.table.fragments()}")
-        sizes_after = store.compact()
-        print(f"after compact: tables {mib(sizes_after['tables_bytes_after'])}, "
-              f".git {mib(sizes_after['git_bytes_after'])}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
