@@ -393,7 +393,11 @@ class MemoryStore:
         """Write these units (with their vectors) as files and table rows, inside ``txn``."""
         if not units:
             return
-        self.check_dim()
+        width = self.table.dim
+        for unit in units:
+            if unit.vector is None or (width is not None and len(unit.vector) != width):
+                self.check_dim()  # names the model mismatch, if that is it
+                raise StoreError(f"unit {unit.id} has no vector of the table's width ({width})")
         for unit in units:
             txn.paths.add(files.write(self.root, unit))
         if new:
