@@ -306,3 +306,18 @@ def test_cli_check_exits_non_zero_on_problems(cli, two):
     (root / "units" / "zz" / "stray.json").write_text("{}")
     done = cli("check")
     assert done.returncode == 1 and "uncommitted" in done.out
+
+
+def test_a_failed_write_undoes_only_its_own_files(store):
+    kept = store.add("edited by hand, not committed")
+    path = store.root / files.unit_path(kept.id)
+    path.write_text(path.read_text().replace("edited by hand", "EDITED BY HAND"))
+    before = head(store.root)
+    with pytest.raises(RuntimeError):
+        with store.transaction("add") as txn:
+            unit = store.get(kept.id)
+            store.save(txn, [unit.__class__(**{**unit.__dict__, "id": "0000000000abcd", "text": "half-written"})])
+            raise RuntimeError("boom")
+    assert head(store.root) == before
+    assert not (store.root / files.unit_path("0000000000abcd")).exists()
+    assert "EDITED BY HAND" in path.read_text()  # the hand edit is still there

@@ -146,14 +146,31 @@ class StoreRepo:
             raise StoreError(f"git {args[0]} failed: {proc.stderr.strip() or proc.returncode}")
         return proc.stdout
 
-    def restore(self) -> None:
-        """Put the work tree back to HEAD: undo changes, drop new files (ignored ones stay)."""
+    def restore(self, paths: Iterable[str] | None = None) -> None:
+        """Put the work tree and index back to HEAD, for these paths (None: everything).
+
+        With paths, changes elsewhere (a unit file edited by hand) are left
+        alone: a write that failed undoes only what it wrote.
+        """
         stale = self.git_dir / "index.lock"
         if stale.exists():  # left by a git killed mid-commit; we hold the store lock
             stale.unlink()
-        if self.head() is not None:
-            self.git.reset("-q", "--hard", "HEAD")
-        self.git.clean("-fdq")
+        if paths is None:
+            if self.head() is not None:
+                self.git.reset("-q", "--hard", "HEAD")
+            self.git.clean("-fdq")
+            return
+        paths = sorted(set(paths))
+        if not paths or self.head() is None:
+            return
+        listing = "".join(p + "\0" for p in paths)
+        self._run(["reset", "-q", "HEAD", "--pathspec-from-file=-", "--pathspec-file-nul"], listing)
+        in_head = [spec.split(":", 1)[1] for spec, data in self.cat(f"HEAD:{p}" for p in paths) if data is not None]
+        if in_head:
+            self._run(["checkout", "-q", "HEAD", "--pathspec-from-file=-", "--pathspec-file-nul"],
+                      "".join(p + "\0" for p in in_head))
+        for path in set(paths) - set(in_head):
+            (self.root / path).unlink(missing_ok=True)
 
     # ---- reading history -------------------------------------------------------
 

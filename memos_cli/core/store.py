@@ -277,15 +277,16 @@ class MemoryStore:
             info = {}
         head = self.repo.head() or ""
         committed = bool(info.get("head")) and info["head"] != head
-        self.repo.restore()
+        self.repo.restore(None if info.get("scope") == "all" else self._journal_paths())
         if committed:  # its folded access counts are in that commit; the table is synced below
             self._access_folding.unlink(missing_ok=True)
         else:
             self._unfold_access_log()
             if "table_version" in info:
                 self.table.restore(info["table_version"])
-        self._journal.unlink(missing_ok=True)
+        self._drop_journal()
         self._table = None
+        self._config = None  # an undone upgrade leaves the old settings
         what = f"an interrupted {info.get('op', 'write')} (pid {info.get('pid', '?')}, started {info.get('started', '?')})"
         if committed:
             self.notices.append(f"{what} had committed before it stopped; the store is at {head[:10]}")
@@ -295,10 +296,32 @@ class MemoryStore:
             )
         return True
 
+    @property
+    def _journal_files(self) -> Path:
+        return self.state_dir / "journal.paths"
+
+    def _note_paths(self, txn: Transaction, paths: list[str]) -> None:
+        """Record the files a write is about to touch, so that undoing it touches only them."""
+        txn.paths.update(paths)
+        _append(self._journal_files, "".join(p + "\n" for p in paths).encode())
+
+    def _journal_paths(self) -> list[str]:
+        try:
+            return [p for p in self._journal_files.read_text(encoding="utf-8").splitlines() if p]
+        except FileNotFoundError:
+            return []
+
+    def _drop_journal(self) -> None:
+        self._journal_files.unlink(missing_ok=True)
+        self._journal.unlink(missing_ok=True)
+
     def _upgrade_locked(self) -> None:
         """Schema 1 kept the LanceDB table itself in git; schema 2 keeps one file per unit."""
         if self.config.schema_version >= SCHEMA_VERSION:
             return
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._journal.write_text(json.dumps({"op": "upgrade", "scope": "all", "head": self.repo.head(),
+                                             "pid": os.getpid(), "started": iso(utcnow())}), encoding="utf-8")
         units = self.table.units(None) if self.table.exists() else []
         for unit in units:
             files.write(self.root, unit)
@@ -314,6 +337,7 @@ class MemoryStore:
             default_user(),
         )
         self.table.mark(self.repo.head())
+        self._drop_journal()
         self.notices.append(f"upgraded the store to schema {SCHEMA_VERSION}: {len(units)} units are now files in git")
 
     def _sync_locked(self) -> None:
@@ -363,6 +387,7 @@ class MemoryStore:
             self.state_dir.mkdir(parents=True, exist_ok=True)
             journal = {"op": op, "head": self.repo.head(), "table_version": self.table.version,
                        "pid": os.getpid(), "started": iso(utcnow())}
+            self._journal_files.unlink(missing_ok=True)
             self._journal.write_text(json.dumps(journal), encoding="utf-8")
             committed = False
             try:
@@ -379,13 +404,13 @@ class MemoryStore:
                     step()
             except BaseException:
                 if not committed:
-                    self.repo.restore()
+                    self.repo.restore(txn.paths)
                     self.table.restore(journal["table_version"])
                     self._unfold_access_log()
                     self._table = None
                 raise
             finally:
-                self._journal.unlink(missing_ok=True)
+                self._drop_journal()
         finally:
             lock.release()
 
@@ -398,8 +423,9 @@ class MemoryStore:
             if unit.vector is None or (width is not None and len(unit.vector) != width):
                 self.check_dim()  # names the model mismatch, if that is it
                 raise StoreError(f"unit {unit.id} has no vector of the table's width ({width})")
+        self._note_paths(txn, [files.unit_path(u.id) for u in units])
         for unit in units:
-            txn.paths.add(files.write(self.root, unit))
+            files.write(self.root, unit)
         if new:
             self.table.add(units)
         else:
@@ -408,8 +434,9 @@ class MemoryStore:
 
     def drop(self, txn: Transaction, ids: list[str]) -> None:
         """Remove these units' files and rows, inside ``txn`` (purge; everything else archives)."""
+        self._note_paths(txn, [files.unit_path(uid) for uid in ids])
         for uid in ids:
-            txn.paths.add(files.remove(self.root, uid))
+            files.remove(self.root, uid)
         self.table.delete(ids)
 
     # ---- access counts ---------------------------------------------------------
