@@ -321,3 +321,14 @@ def test_a_failed_write_undoes_only_its_own_files(store):
     assert head(store.root) == before
     assert not (store.root / files.unit_path("0000000000abcd")).exists()
     assert "EDITED BY HAND" in path.read_text()  # the hand edit is still there
+
+
+def test_recovery_and_check_remove_temporary_unit_files(store):
+    unit = store.add("a memory")
+    stray = store.root / files.temp_path(files.unit_path("0000000000abcd"))
+    stray.parent.mkdir(parents=True, exist_ok=True)
+    stray.write_text("{")  # as a write killed between writing a file's bytes and renaming them leaves it
+    report = checking.check(store)
+    assert not report.ok and any("temporary unit files" in p.message and p.fixable for p in report.problems)
+    assert checking.check(store, repair=True).ok and not stray.exists()
+    assert store.get(unit.id).text == "a memory"

@@ -54,6 +54,7 @@ class CheckReport:
     repaired: list[str] = field(default_factory=list)
     reembed: set[str] = field(default_factory=set)  # units whose vectors must be made anew
     reembed_all: bool = False
+    temp_files: list[str] = field(default_factory=list)  # left by a write killed mid-file
 
     @property
     def ok(self) -> bool:
@@ -72,14 +73,21 @@ def check(store: MemoryStore, repair: bool = False) -> CheckReport:
             report.repaired += store.notices
             store.notices.clear()
             _inspect(store, report)
-            if any(p.fixable for p in report.problems):
+            for rel in report.temp_files:
+                (store.root / rel).unlink(missing_ok=True)
+            if report.temp_files:
+                report.repaired.append(f"removed {len(report.temp_files)} temporary unit files")
+            if any(p.fixable and p.area != "git" for p in report.problems):
                 _rebuild(store, report)
-                fixed = [p for p in report.problems if p.fixable]
+            tried = [p for p in report.problems if p.fixable]
+            if tried:  # look again: what is still wrong was not fixed
                 again = CheckReport(store=report.store)
                 _inspect(store, again)
-                for p in fixed:
-                    p.fixed = not any(q.area == p.area and q.fixable for q in again.problems)
-                report.problems += [q for q in again.problems if q.fixable]
+                remaining = {q.area for q in again.problems if q.fixable}
+                for p in tried:
+                    p.fixed = p.area not in remaining
+                areas = {p.area for p in tried}
+                report.problems += [q for q in again.problems if q.fixable and q.area not in areas]
                 report.rows = again.rows
     else:
         _inspect(store, report)
@@ -120,6 +128,12 @@ def _inspect(store: MemoryStore, report: CheckReport) -> None:
         report.problems.append(Problem("git", "a write was interrupted; `memos check --repair` (or any write) undoes it",
                                        True))
     dirty = repo.dirty(files.UNITS_DIR, "memos.toml", ".gitignore")
+    temps = [line[3:] for line in dirty if line.startswith("?? ") and files.is_temp(line[3:])]
+    dirty = [line for line in dirty if line[3:] not in temps]
+    if temps:
+        report.temp_files = temps
+        report.problems.append(Problem(
+            "git", f"{len(temps)} temporary unit files left by a killed write ({temps[0]})", True))
     if dirty:
         shown = ", ".join(line[3:] for line in dirty[:3]) + (" ..." if len(dirty) > 3 else "")
         report.problems.append(Problem(

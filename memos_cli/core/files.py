@@ -66,10 +66,21 @@ def write(root: Path, unit: MemoryUnit) -> str:
     rel = unit_path(unit.id)
     target = root / rel
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
+    tmp = root / temp_path(rel)
     tmp.write_bytes(dumps(unit))
     os.replace(tmp, target)
     return rel
+
+
+def temp_path(rel: str) -> str:
+    """Where ``write`` puts a unit file's bytes before renaming them into place."""
+    head, _, name = rel.rpartition("/")
+    return f"{head}/.{name}.tmp"
+
+
+def is_temp(rel: str) -> bool:
+    name = rel.rpartition("/")[2]
+    return rel.startswith(UNITS_DIR + "/") and name.startswith(".") and name.endswith(".json.tmp")
 
 
 def remove(root: Path, uid: str) -> str:

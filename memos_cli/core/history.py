@@ -6,6 +6,7 @@ operation made it, and the unit files it changed say which units and how.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -131,9 +132,12 @@ def diff(store: MemoryStore, old: str | None = None, new: str | None = None) -> 
     return Diff(old_sha, new_sha, changes)
 
 
+_COMPARED = [f.name for f in dataclasses.fields(MemoryUnit) if f.name not in ("vector", "model")]
+
+
 def changed_fields(a: MemoryUnit, b: MemoryUnit) -> list[str]:
-    ja, jb = a.to_json(), b.to_json()
-    return [k for k in ja if k not in ("vector", "model") and ja[k] != jb.get(k)]
+    """The fields (but the derived vector and model) in which two versions of a unit differ."""
+    return [name for name in _COMPARED if getattr(a, name) != getattr(b, name)]
 
 
 def _read(store: MemoryStore, rev: str, paths: list[str]) -> dict[str, MemoryUnit]:

@@ -58,6 +58,7 @@ class Transaction:
     ids: list[str] = field(default_factory=list)
     summary: str = ""  # replaces the "N units" part of the first line
     details: list[str] = field(default_factory=list)  # more lines for the message body
+    trailers: dict[str, str] = field(default_factory=dict)  # more Memos-* trailers
     folded_accesses: int = 0
     paths: set[str] = field(default_factory=set)  # unit files written or removed
     commit: str | None = None  # the new commit, once made
@@ -75,7 +76,8 @@ class Transaction:
         body += self.details
         if self.folded_accesses:
             body.append(f"access counts folded in for {self.folded_accesses} units")
-        trailers = [f"Memos-Op: {self.op}", f"Memos-Units: {n}", f"Memos-Cube: {self.cube}", f"Memos-User: {self.user}"]
+        trailers = [f"Memos-Op: {self.op}", f"Memos-Units: {n}", f"Memos-Cube: {self.cube}", f"Memos-User: {self.user}",
+                    *[f"{key}: {value}" for key, value in self.trailers.items()]]
         return "\n\n".join([head, *(["\n".join(body)] if body else []), "\n".join(trailers)]) + "\n"
 
 
@@ -277,7 +279,7 @@ class MemoryStore:
             info = {}
         head = self.repo.head() or ""
         committed = bool(info.get("head")) and info["head"] != head
-        self.repo.restore(None if info.get("scope") == "all" else self._journal_paths())
+        self._undo_files(None if info.get("scope") == "all" else self._journal_paths())
         if committed:  # its folded access counts are in that commit; the table is synced below
             self._access_folding.unlink(missing_ok=True)
         else:
@@ -304,6 +306,13 @@ class MemoryStore:
         """Record the files a write is about to touch, so that undoing it touches only them."""
         txn.paths.update(paths)
         _append(self._journal_files, "".join(p + "\n" for p in paths).encode())
+
+    def _undo_files(self, paths: Iterable[str] | None) -> None:
+        """Put these unit files (None: the whole work tree) back as HEAD has them."""
+        paths = None if paths is None else list(paths)
+        self.repo.restore(paths)
+        for path in paths or []:  # a write killed between writing a file's bytes and renaming them
+            (self.root / files.temp_path(path)).unlink(missing_ok=True)
 
     def _journal_paths(self) -> list[str]:
         try:
@@ -404,7 +413,7 @@ class MemoryStore:
                     step()
             except BaseException:
                 if not committed:
-                    self.repo.restore(txn.paths)
+                    self._undo_files(txn.paths)
                     self.table.restore(journal["table_version"])
                     self._unfold_access_log()
                     self._table = None
@@ -636,7 +645,7 @@ class MemoryStore:
             self.drop(txn, remove)
             txn.ids = [u.id for u in units] + remove
             txn.summary = f"to {target[:10]}, {len(txn.ids)} units changed"
-            txn.details.append(f"Memos-Target: {target}")
+            txn.trailers["Memos-Target"] = target
         return {"target": target, "commit": txn.commit, "restored": [u.id for u in units], "removed": remove}
 
     def check_dim(self) -> None:
