@@ -37,7 +37,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -319,14 +318,6 @@ class CrashRig:
             fail(f"`memos stats` counts {stats.get('units')} units, expected {len(self.expected)}")
 
 
-def schedule(runs: int) -> Iterable[str]:
-    """``runs`` kills, alternately in the write phase and at a uniform moment; a finished import after every 4."""
-    for k in range(runs):
-        yield "write" if k % 2 == 0 else "uniform"
-        if k % 4 == 3:
-            yield "finish"
-
-
 def summary(rig: CrashRig, seconds: float) -> tuple[str, int]:
     """The printed summary, and the number of failed rounds."""
     rounds = rig.rounds[1:]  # the seed is not a round
@@ -353,7 +344,7 @@ def summary(rig: CrashRig, seconds: float) -> tuple[str, int]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=int, default=25, help="imports to kill (plus one finished import after every 4)")
+    ap.add_argument("--runs", type=int, default=25, help="kills (plus one finished import after every 4)")
     ap.add_argument("--units", type=int, default=5000, help="units per import")
     ap.add_argument("--seed", type=int, default=1, help="seed of the texts and of the kill times")
     ap.add_argument("--keep", metavar="DIR", help="build the store here (must not exist) and keep it")
@@ -374,8 +365,15 @@ def main() -> None:
         seed = rig.setup()
         if seed.failures or not rig.write_s:
             sys.exit(f"the seed import failed:\n{seed.describe()}")
-        for mode in schedule(args.runs):
-            rnd = rig.play(mode)
+        # --runs kills, alternately aimed at the write phase and at a uniform moment, with a finished
+        # import after every 4; an import that finishes before its kill comes is no kill, and is played again.
+        kills = tries = 0
+        while kills < args.runs and tries < 2 * args.runs:
+            rnd = rig.play("write" if tries % 2 == 0 else "uniform")
+            tries += 1
+            kills += rnd.killed_at is not None
+            if rnd.killed_at is not None and kills % 4 == 0:
+                rig.play("finish")
             if args.verbose or rnd.failures:
                 print(rnd.describe(), flush=True)
         text, failed = summary(rig, time.perf_counter() - started)
