@@ -332,3 +332,10 @@ def test_recovery_and_check_remove_temporary_unit_files(store):
     assert not report.ok and any("temporary unit files" in p.message and p.fixable for p in report.problems)
     assert checking.check(store, repair=True).ok and not stray.exists()
     assert store.get(unit.id).text == "a memory"
+
+
+def test_cli_edit_without_a_terminal_or_editor(cli, two):
+    root, ids = two
+    before = head(root)
+    done = cli("edit", ids["Alice"], env={"EDITOR": "", "VISUAL": ""})
+    assert_clean_failure(done, root, before, "no terminal")

@@ -97,7 +97,11 @@ def edit(
 def _edit_in_editor(unit: Any) -> dict[str, Any] | None:
     from ..core import editing
 
-    editor = os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
+    editor = os.environ.get("VISUAL") or os.environ.get("EDITOR")
+    if not editor:
+        if not (sys.stdin.isatty() and sys.stdout.isatty()):
+            raise UsageError("no terminal to edit on and no $EDITOR: use --text, --tag, --meta (see --help)")
+        editor = "vi"
     with tempfile.TemporaryDirectory(prefix="memos-edit-") as tmp:
         path = Path(tmp) / f"{unit.id}.memos.toml"
         path.write_text(editing.render(unit), encoding="utf-8")
