@@ -147,7 +147,7 @@ def _inspect(store: MemoryStore, report: CheckReport) -> None:
         path = spec.split(":", 1)[1]
         try:
             if files.id_of(path) is None:
-                raise MemosError(f"{path}: not a unit file (units/XX/ID.json)")
+                raise MemosError(f"{path}: not a unit file (units/X/Y/ID.json)")
             unit = files.loads(data or b"", path)
             units[unit.id] = unit
         except MemosError as exc:

@@ -1,6 +1,7 @@
 """Unit files: the versioned, plain-text form of the memory.
 
-Each unit is one JSON file, ``units/<last two id characters>/<id>.json``,
+Each unit is one JSON file, ``units/<x>/<y>/<id>.json`` where x and y are the
+id's last two characters,
 and these files are what git versions: a change of memory is a change of a
 few small text files, so history stays near-linear in the number of units,
 ``memos diff`` and ``show --history`` read a unit's old versions straight from
@@ -8,8 +9,11 @@ git, and a purge removes one path from history. The LanceDB table (vectors,
 full-text and vector indexes) is derived from them and lives outside git
 (see ``sync``).
 
-The directory is sharded by the ids' last (random) characters so that no
-directory holds more than a few hundred files at 100k units.
+The directory is sharded two levels deep by the ids' last (random)
+characters: 32 x 32 directories, about 100 files each at 100k units. Every
+commit writes a new git tree object for each directory on the path to a
+changed file, so small directories keep each commit small (one level of
+1024 directories cost about 20 KB of tree per commit).
 """
 
 from __future__ import annotations
@@ -26,15 +30,15 @@ UNITS_DIR = "units"
 
 def unit_path(uid: str) -> str:
     """The unit's file, relative to the store's root (a git path)."""
-    return f"{UNITS_DIR}/{uid[-2:]}/{uid}.json"
+    return f"{UNITS_DIR}/{uid[-2]}/{uid[-1]}/{uid}.json"
 
 
 def id_of(path: str) -> str | None:
     """The unit id a git path names, or None for any other file."""
     parts = path.split("/")
-    if len(parts) != 3 or parts[0] != UNITS_DIR or not parts[2].endswith(".json"):
+    if len(parts) != 4 or parts[0] != UNITS_DIR or not parts[3].endswith(".json"):
         return None
-    return parts[2][:-5]
+    return parts[3][:-5]
 
 
 def dumps(unit: MemoryUnit) -> bytes:

@@ -95,9 +95,7 @@ class StoreRepo:
 
         git.Repo.init(root, initial_branch="main")
         repo = cls(root)
-        # One file per unit: keep the index rewrite per commit small.
-        repo.git.config("core.splitIndex", "true")
-        repo.git.config("core.untrackedCache", "true")
+        repo.ensure_settings()
         return repo
 
     @property
@@ -145,6 +143,25 @@ class StoreRepo:
         if proc.returncode != 0:
             raise StoreError(f"git {args[0]} failed: {proc.stderr.strip() or proc.returncode}")
         return proc.stdout
+
+    def maybe_pack(self) -> None:
+        """Pack loose objects once there are many, as ``git gc --auto`` would after a ``git commit``.
+
+        Plumbing commits never trigger it. Same estimate as git's: the
+        entries of one of the 256 loose-object directories, times 256.
+        """
+        try:
+            loose = len(os.listdir(self.git_dir / "objects" / "17")) * 256
+        except FileNotFoundError:
+            return
+        if loose > 6700:
+            self._run(["-c", "gc.autoDetach=false", "gc", "--auto", "--quiet"])
+
+    def ensure_settings(self) -> None:
+        """One file per unit: keep the index rewrite per commit small (also for stores made before)."""
+        self.git.config("core.splitIndex", "true")
+        self.git.config("core.untrackedCache", "true")
+        self._run(["update-index", "--split-index"])
 
     def restore(self, paths: Iterable[str] | None = None) -> None:
         """Put the work tree and index back to HEAD, for these paths (None: everything).

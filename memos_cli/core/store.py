@@ -337,6 +337,7 @@ class MemoryStore:
         self.repo.git.rm("-r", "--cached", "-q", "--ignore-unmatch", TABLES_DIR, ".gitattributes")
         (self.root / ".gitattributes").unlink(missing_ok=True)
         _write_gitignore(self.root)
+        self.repo.ensure_settings()
         self.config.schema_version = SCHEMA_VERSION
         self.config_path.write_text(self.config.to_toml(), encoding="utf-8")
         self.repo.commit_all(
@@ -409,6 +410,7 @@ class MemoryStore:
                     self.table.maintain()
                 self.table.mark(self.repo.head())
                 self.table.cleanup()
+                self.repo.maybe_pack()
                 for step in txn.after_commit:
                     step()
             except BaseException:
