@@ -95,13 +95,13 @@ def check(store: MemoryStore, repair: bool = False) -> CheckReport:
 
 
 def _rebuild(store: MemoryStore, report: CheckReport) -> None:
-    from .sync import read_units, rebuild
+    from .sync import rebuild
 
     head = store.repo.head() or "HEAD"
     units = []
-    for path in store.repo.files(head, files.UNITS_DIR):
+    for spec, data in store.repo.cat(f"{head}:{p}" for p in store.repo.files(head, files.UNITS_DIR)):
         try:
-            units += read_units(store, head, [path])
+            units.append(files.loads(data or b"", spec.split(":", 1)[1]))
         except MemosError:
             continue  # reported as a units problem; nothing to index
     if report.reembed_all:

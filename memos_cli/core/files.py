@@ -20,10 +20,15 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import StoreError, UsageError
 from .units import MemoryUnit
+
+if TYPE_CHECKING:
+    from .repo import StoreRepo
 
 UNITS_DIR = "units"
 
@@ -99,3 +104,9 @@ def read(root: Path, uid: str) -> MemoryUnit | None:
         return loads((root / rel).read_bytes(), rel)
     except FileNotFoundError:
         return None
+
+
+def read_at(repo: StoreRepo, rev: str, paths: Iterable[str]) -> list[MemoryUnit]:
+    """The units in these files at commit ``rev`` (a file absent there is left out)."""
+    return [loads(data, spec.split(":", 1)[1]) for spec, data in repo.cat(f"{rev}:{p}" for p in paths)
+            if data is not None]

@@ -141,12 +141,8 @@ def changed_fields(a: MemoryUnit, b: MemoryUnit) -> list[str]:
 
 
 def _read(store: MemoryStore, rev: str, paths: list[str]) -> dict[str, MemoryUnit]:
-    out = {}
-    for spec, data in store.repo.cat(f"{rev}:{p}" for p in paths):
-        if data is not None:
-            path = spec.split(":", 1)[1]
-            out[path] = files.loads(data, path)
-    return out
+    """The units in these files at ``rev``, by path (a file absent there is left out)."""
+    return {files.unit_path(u.id): u for u in files.read_at(store.repo, rev, paths)}
 
 
 @dataclass

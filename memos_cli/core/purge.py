@@ -75,7 +75,7 @@ def _resolve(store: MemoryStore, uid: str, in_history: bool) -> tuple[str, bool]
 
 
 def purge(store: MemoryStore, ids: list[str], *, in_history: bool = False) -> PurgeReport:
-    from .sync import read_units, rebuild
+    from .sync import rebuild
 
     if not ids:
         raise UsageError("give the ids of the memories to purge")
@@ -89,7 +89,7 @@ def purge(store: MemoryStore, ids: list[str], *, in_history: bool = False) -> Pu
         # A new table from the remaining files: no old data file, index or version survives.
         head = store.repo.head() or "HEAD"
         remaining = [p for p in store.repo.files(head, files.UNITS_DIR) if p not in set(paths)]
-        units = read_units(store, head, remaining)
+        units = files.read_at(store.repo, head, remaining)
         rebuild(store, units)
         report.table_rows = len(units)
         txn.summary = f"{len(resolved)} unit{'s' if len(resolved) != 1 else ''}, removed from all history"

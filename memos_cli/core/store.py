@@ -633,7 +633,7 @@ class MemoryStore:
 
     def rollback(self, rev: str) -> dict[str, Any]:
         """A new commit that puts every unit back as it was at ``rev``; history is kept."""
-        from .sync import attach_vectors, read_units
+        from .sync import attach_vectors
 
         target = self.repo.resolve(rev)
         with self.transaction("rollback", cube="*") as txn:
@@ -641,7 +641,7 @@ class MemoryStore:
             changes = self.repo.changed(head, target, files.UNITS_DIR)
             restore = [path for status, path in changes if status != "D"]
             remove = [uid for status, path in changes if status == "D" and (uid := files.id_of(path))]
-            units = read_units(self, target, restore)
+            units = files.read_at(self.repo, target, restore)
             attach_vectors(self, units)
             self.save(txn, units)
             self.drop(txn, remove)

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from . import files
+from .table import sql_str
 from .units import MemoryUnit
 
 if TYPE_CHECKING:
@@ -46,12 +47,12 @@ def sync(store: MemoryStore, progress: Progress | None = None) -> str | None:
         changes = store.repo.changed(marked, head or "HEAD", files.UNITS_DIR)
         upsert = [path for status, path in changes if status != "D"]
         removed = [uid for status, path in changes if status == "D" and (uid := files.id_of(path))]
-        units = read_units(store, head or "HEAD", upsert)
+        units = files.read_at(store.repo, head or "HEAD", upsert)
         _write(store, units, removed, progress)
         table.mark(head)
         return f"brought the search table up to date with {len(units) + len(removed)} changed units"
     paths = store.repo.files(head or "HEAD", files.UNITS_DIR)
-    units = read_units(store, head or "HEAD", paths)
+    units = files.read_at(store.repo, head or "HEAD", paths)
     rebuild(store, units, progress)
     table.mark(head)
     return f"rebuilt the search table from {len(units)} unit files" if units else None
@@ -67,15 +68,6 @@ def _known(store: MemoryStore, sha: str) -> bool:
     return proc.returncode == 0
 
 
-def read_units(store: MemoryStore, rev: str, paths: list[str]) -> list[MemoryUnit]:
-    """The units in these files at ``rev``."""
-    units = []
-    for spec, data in store.repo.cat(f"{rev}:{p}" for p in paths):
-        if data is not None:
-            units.append(files.loads(data, spec.split(":", 1)[1]))
-    return units
-
-
 def attach_vectors(store: MemoryStore, units: list[MemoryUnit], progress: Progress | None = None) -> int:
     """Give each unit its vector: the table's when its text and model are unchanged, else a new
     embedding. Returns how many were embedded."""
@@ -86,7 +78,7 @@ def attach_vectors(store: MemoryStore, units: list[MemoryUnit], progress: Progre
         ids = [u.id for u in units if u.vector is None]
         for start in range(0, len(ids), 2000):
             chunk = ids[start : start + 2000]
-            where = "id IN (" + ",".join("'" + i + "'" for i in chunk) + ")"
+            where = "id IN (" + ",".join(sql_str(i) for i in chunk) + ")"
             rows = table.select(where, columns=["id", "text", "model", "vector"]).to_pylist()
             known.update({r["id"]: (r["text"], r["model"], r["vector"]) for r in rows})
     todo = []
