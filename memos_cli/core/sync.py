@@ -45,13 +45,13 @@ def sync(store: MemoryStore, progress: Progress | None = None) -> str | None:
         return None
     if marked and table.exists() and _known(store, marked):
         changes = store.repo.changed(marked, head or "HEAD", files.UNITS_DIR)
-        upsert = [path for status, path in changes if status != "D"]
+        upsert = [path for status, path in changes if status != "D" and files.id_of(path)]
         removed = [uid for status, path in changes if status == "D" and (uid := files.id_of(path))]
         units = files.read_at(store.repo, head or "HEAD", upsert)
         _write(store, units, removed, progress)
         table.mark(head)
         return f"brought the search table up to date with {len(units) + len(removed)} changed units"
-    paths = store.repo.files(head or "HEAD", files.UNITS_DIR)
+    paths = [p for p in store.repo.files(head or "HEAD", files.UNITS_DIR) if files.id_of(p)]
     units = files.read_at(store.repo, head or "HEAD", paths)
     rebuild(store, units, progress)
     table.mark(head)
