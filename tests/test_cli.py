@@ -94,7 +94,8 @@ def test_demo_adds_recalls_and_shows_history(cli, tmp_path):
     done = cli("demo", "--keep", str(tmp_path / "demo"))
     assert done.returncode == 0, done.err
     assert "memos recall" in done.out and "init: memos store" in done.out and "add: 1 unit" in done.out
-    assert commit_count(tmp_path / "demo") == 6  # init and five adds
+    assert "-Alice moved to Lisbon" in done.out and "rollback: to" in done.out
+    assert commit_count(tmp_path / "demo") == 8  # init, five adds, an edit and its rollback
 
 
 def test_compact(cli, filled):

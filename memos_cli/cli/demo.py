@@ -26,7 +26,7 @@ def demo(
     keep: Annotated[str | None, typer.Option("--keep", metavar="DIR",
                     help="Build the demo store here and keep it (default: a temporary directory).")] = None,
 ) -> None:
-    """Run the main loop on a scratch store: add memories, recall them, show the history.
+    """Run the main loop on a scratch store: add memories, recall them, edit, diff, roll back.
 
     It never touches your own store (--store is ignored): the demo store is
     temporary unless --keep names a directory. Uses the embedded default
@@ -37,7 +37,7 @@ def demo(
     from ..core import history
     from ..core.retrieval import Filters
     from ..core.store import MemoryStore
-    from ..render import hits_table, units_table
+    from ..render import diff_view, hits_table, units_table
 
     console = Console()
     with tempfile.TemporaryDirectory(prefix="memos-demo-") as tmp:
@@ -55,7 +55,16 @@ def demo(
         for query in DEMO_QUERIES:
             console.rule(f"memos recall {query!r} -k 3")
             hits_table(store.recall(query, 3), query)
-        console.rule("history (one commit per change)")
+        moved = next(u for u in store.list(Filters(tags=["alice"], kind="fact"), limit=1))
+        console.rule(f"memos edit {moved.id} --text ...")
+        store.edit(moved.id, {"text": "Alice moved to Porto in January 2025; she still works as a marine biologist."})
+        diff_view(history.diff(store))
+        console.rule("memos recall 'Where does Alice live?' -k 1")
+        hits_table(store.recall("Where does Alice live?", 1), "Where does Alice live?")
+        console.rule("memos rollback HEAD~1 (a new commit; the edit stays in history)")
+        store.rollback("HEAD~1")
+        hits_table(store.recall("Where does Alice live?", 1), "Where does Alice live?")
+        console.rule("memos log (one commit per change)")
         for commit in history.log(store, 20):
             console.print(f"[yellow]{commit.sha[:10]}[/yellow] {commit.when:%Y-%m-%d %H:%M} {commit.subject}")
         if keep:
