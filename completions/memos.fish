@@ -42,7 +42,7 @@ complete -c memos -n 'not __memos_command' -l help -s h -d 'Show this message an
 complete -c memos -n 'not __memos_command' -a add -d 'Remember something; prints the new id.'
 complete -c memos -n 'not __memos_command' -a check -d 'Verify the store: git, the unit files, the search table, embeddings and indexes.'
 complete -c memos -n 'not __memos_command' -a compact -d 'Merge table fragments, refresh the text index and repack git history.'
-complete -c memos -n 'not __memos_command' -a demo -d 'Run the main loop on a scratch store: add memories, recall them, show the history.'
+complete -c memos -n 'not __memos_command' -a demo -d 'Run the main loop on a scratch store: add memories, recall them, edit, diff, roll back.'
 complete -c memos -n 'not __memos_command' -a diff -d 'What changed in memory: units added, removed and changed, with a diff of their text and fields.'
 complete -c memos -n 'not __memos_command' -a edit -d 'Change a memory: a new version of it, the old one kept in history.'
 complete -c memos -n 'not __memos_command' -a forget -d 'Forget memories: gone from recall, kept in history (`memos rollback` undoes it).'
