@@ -22,7 +22,6 @@ git or in the unit files themselves are reported with what to do, never
 
 from __future__ import annotations
 
-import subprocess
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -119,8 +118,7 @@ def _inspect(store: MemoryStore, report: CheckReport) -> None:
     if report.head is None:
         report.problems.append(Problem("git", "the repository has no commit; run `memos init`", False))
         return
-    fsck = subprocess.run(["git", "fsck", "--connectivity-only", "--no-dangling", "--no-progress"],
-                          cwd=store.root, capture_output=True, text=True)
+    fsck = repo.probe(["fsck", "--connectivity-only", "--no-dangling", "--no-progress"])
     if fsck.returncode != 0:
         first = (fsck.stderr or fsck.stdout).strip().splitlines()[:1]
         report.problems.append(Problem("git", f"git fsck found damage: {first[0] if first else fsck.returncode}", False))

@@ -103,11 +103,11 @@ def _rewrite_history(store: MemoryStore, paths: list[str], report: PurgeReport) 
     git_dir = repo.git_dir
     drop = list(paths)
     # Schema 1 kept the LanceDB table (text included) in git.
-    if repo._run(["log", "--all", "--format=%H", "-n1", "--", "tables"]).strip():
+    if repo.run(["log", "--all", "--format=%H", "-n1", "--", "tables"]).strip():
         drop.append("tables/")
         report.notes.append("dropped the schema-1 LanceDB files from history, as they held the text too")
-    touched = repo._run(["log", "--all", "--format=%H", "--", *drop]).split()
-    blobs = {line.split()[3] for line in repo._run(["log", "--all", "--format=", "--raw", "--no-abbrev", "--", *drop])
+    touched = repo.run(["log", "--all", "--format=%H", "--", *drop]).split()
+    blobs = {line.split()[3] for line in repo.run(["log", "--all", "--format=", "--raw", "--no-abbrev", "--", *drop])
              .splitlines() if line.startswith(":")}
     blobs.discard("0" * 40)
     report.commits_rewritten = len(set(touched))
@@ -122,7 +122,7 @@ def _rewrite_history(store: MemoryStore, paths: list[str], report: PurgeReport) 
     shutil.rmtree(git_dir / "filter-repo", ignore_errors=True)  # its maps of old commit ids
     for name in ("ORIG_HEAD", "FETCH_HEAD", "MERGE_HEAD", "CHERRY_PICK_HEAD"):
         (git_dir / name).unlink(missing_ok=True)
-    repo._run(["reset", "-q"])  # the index, to the rewritten HEAD (same content)
-    repo._run(["reflog", "expire", "--expire=now", "--expire-unreachable=now", "--all"])
-    repo._run(["gc", "-q", "--prune=now"])
+    repo.run(["reset", "-q"])  # the index, to the rewritten HEAD (same content)
+    repo.run(["reflog", "expire", "--expire=now", "--expire-unreachable=now", "--all"])
+    repo.run(["gc", "-q", "--prune=now"])
     store.table.mark(repo.head())

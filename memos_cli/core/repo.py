@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -119,15 +120,15 @@ class StoreRepo:
         paths = sorted(set(changed))
         if paths:
             data = "".join(p + "\0" for p in paths)
-            self._run(["update-index", "--add", "--remove", "-z", "--stdin"], data)
-        tree = self._run(["write-tree"]).strip()
+            self.run(["update-index", "--add", "--remove", "-z", "--stdin"], data)
+        tree = self.run(["write-tree"]).strip()
         parent = self.head()
-        if parent and not allow_empty and tree == self._run(["rev-parse", f"{parent}^{{tree}}"]).strip():
+        if parent and not allow_empty and tree == self.run(["rev-parse", f"{parent}^{{tree}}"]).strip():
             return None
         env = {"GIT_AUTHOR_NAME": author, "GIT_AUTHOR_EMAIL": f"{author}@memos"}
         args = ["commit-tree", tree, "-F", "-"] + (["-p", parent] if parent else [])
-        sha = self._run(args, message, env=env).strip()
-        self._run(["update-ref", "-m", message.splitlines()[0], "HEAD", sha] + ([parent] if parent else []))
+        sha = self.run(args, message, env=env).strip()
+        self.run(["update-ref", "-m", message.splitlines()[0], "HEAD", sha] + ([parent] if parent else []))
         return sha
 
     def commit_all(self, message: str, author: str) -> str | None:
@@ -135,14 +136,18 @@ class StoreRepo:
         self.git.add("-A")
         return self.commit([], message, author, allow_empty=True)
 
-    def _run(self, args: list[str], stdin: str | None = None, env: dict[str, str] | None = None) -> str:
-        proc = subprocess.run(
-            ["git", *args], cwd=self.root, input=stdin, capture_output=True, text=True,
-            env={**os.environ, **_COMMITTER, **(env or {})},
-        )
+    def run(self, args: list[str], stdin: str | None = None, env: dict[str, str] | None = None) -> str:
+        """``git ARGS`` in the store; its stdout, or ``StoreError`` when it fails."""
+        proc = self.probe(args, stdin, env)
         if proc.returncode != 0:
             raise StoreError(f"git {args[0]} failed: {proc.stderr.strip() or proc.returncode}")
         return proc.stdout
+
+    def probe(self, args: list[str], stdin: str | None = None,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """``git ARGS`` in the store, for commands whose failure is an answer (is it an ancestor?)."""
+        return subprocess.run(["git", *args], cwd=self.root, input=stdin, capture_output=True, text=True,
+                              env={**os.environ, **_COMMITTER, **(env or {})})
 
     def maybe_pack(self) -> None:
         """Pack loose objects once there are many, as ``git gc --auto`` would after a ``git commit``.
@@ -155,13 +160,13 @@ class StoreRepo:
         except FileNotFoundError:
             return
         if loose > 6700:
-            self._run(["-c", "gc.autoDetach=false", "gc", "--auto", "--quiet"])
+            self.run(["-c", "gc.autoDetach=false", "gc", "--auto", "--quiet"])
 
     def ensure_settings(self) -> None:
         """One file per unit: keep the index rewrite per commit small (also for stores made before)."""
         self.git.config("core.splitIndex", "true")
         self.git.config("core.untrackedCache", "true")
-        self._run(["update-index", "--split-index"])
+        self.run(["update-index", "--split-index"])
 
     def restore(self, paths: Iterable[str] | None = None) -> None:
         """Put the work tree and index back to HEAD, for these paths (None: everything).
@@ -181,10 +186,10 @@ class StoreRepo:
         if not paths or self.head() is None:
             return
         listing = "".join(p + "\0" for p in paths)
-        self._run(["reset", "-q", "HEAD", "--pathspec-from-file=-", "--pathspec-file-nul"], listing)
+        self.run(["reset", "-q", "HEAD", "--pathspec-from-file=-", "--pathspec-file-nul"], listing)
         in_head = [spec.split(":", 1)[1] for spec, data in self.cat(f"HEAD:{p}" for p in paths) if data is not None]
         if in_head:
-            self._run(["checkout", "-q", "HEAD", "--pathspec-from-file=-", "--pathspec-file-nul"],
+            self.run(["checkout", "-q", "HEAD", "--pathspec-from-file=-", "--pathspec-file-nul"],
                       "".join(p + "\0" for p in in_head))
         for path in set(paths) - set(in_head):
             (self.root / path).unlink(missing_ok=True)
@@ -195,21 +200,19 @@ class StoreRepo:
         """A commit of this store's history, by any name git knows (sha prefix, HEAD~3, a tag)."""
         if not rev or rev.startswith("-") or any(c.isspace() for c in rev):
             raise UsageError(f"bad revision {rev!r}")
-        proc = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"],
-                              cwd=self.root, capture_output=True, text=True)
+        proc = self.probe(["rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"])
         sha = proc.stdout.strip()
         if proc.returncode != 0 or not sha:
             raise NotFoundError(f"no commit {rev!r} in this store's history (see `memos log`)")
         head = self.head()
         if head and sha != head:
-            anc = subprocess.run(["git", "merge-base", "--is-ancestor", sha, head], cwd=self.root)
-            if anc.returncode != 0:
+            if self.probe(["merge-base", "--is-ancestor", sha, head]).returncode != 0:
                 raise NotFoundError(f"commit {rev!r} is not in this store's history (see `memos log`)")
         return sha
 
     def parent(self, sha: str) -> str:
         """The commit's first parent, or the empty tree for the first commit."""
-        out = self._run(["rev-list", "--parents", "-n", "1", sha]).split()
+        out = self.run(["rev-list", "--parents", "-n", "1", sha]).split()
         return out[1] if len(out) > 1 else EMPTY_TREE
 
     def log(self, n: int | None = None, paths: Iterable[str] = (), rev: str = "HEAD") -> list[Commit]:
@@ -219,7 +222,7 @@ class StoreRepo:
         fmt = _SEP.join(["%H", "%ct", "%an", "%s", "%b"]) + _END
         args = ["log", f"--format={fmt}"] + ([f"-n{n}"] if n else []) + [rev, "--", *paths]
         commits = []
-        for chunk in self._run(args).split(_END):
+        for chunk in self.run(args).split(_END):
             chunk = chunk.strip("\n")
             if not chunk:
                 continue
@@ -238,13 +241,13 @@ class StoreRepo:
 
     def changed(self, old: str, new: str, prefix: str) -> list[tuple[str, str]]:
         """(status letter, path) of the files under ``prefix`` that differ between two commits."""
-        out = self._run(["diff-tree", "-r", "-z", "--no-renames", "--name-status", old, new, "--", prefix])
+        out = self.run(["diff-tree", "-r", "-z", "--no-renames", "--name-status", old, new, "--", prefix])
         parts = [p for p in out.split("\0") if p]
         return [(parts[i], parts[i + 1]) for i in range(0, len(parts) - 1, 2)]
 
     def files(self, rev: str, prefix: str) -> list[str]:
         """Paths of the files under ``prefix`` at ``rev``."""
-        out = self._run(["ls-tree", "-r", "-z", "--name-only", rev, "--", prefix])
+        out = self.run(["ls-tree", "-r", "-z", "--name-only", rev, "--", prefix])
         return [p for p in out.split("\0") if p]
 
     def cat(self, specs: Iterable[str]) -> Iterator[tuple[str, bytes | None]]:
@@ -255,7 +258,6 @@ class StoreRepo:
         proc = subprocess.Popen(["git", "cat-file", "--batch"], cwd=self.root,
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         assert proc.stdin is not None and proc.stdout is not None
-        import threading
 
         def feed() -> None:
             assert proc.stdin is not None

@@ -16,7 +16,6 @@ date under the store's lock:
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -64,8 +63,7 @@ def _known(store: MemoryStore, sha: str) -> bool:
     It need not be an ancestor of HEAD: after a ``git reset`` to an older
     commit, the difference between the two trees is still what changed.
     """
-    proc = subprocess.run(["git", "cat-file", "-e", f"{sha}^{{commit}}"], cwd=store.root, capture_output=True)
-    return proc.returncode == 0
+    return store.repo.probe(["cat-file", "-e", f"{sha}^{{commit}}"]).returncode == 0
 
 
 def attach_vectors(store: MemoryStore, units: list[MemoryUnit], progress: Progress | None = None) -> int:
