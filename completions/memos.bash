@@ -56,7 +56,7 @@ _memos()
         if [[ $cur == -* ]]; then
             COMPREPLY=($(compgen -W "--store -s --version --help -h" -- "$cur"))
         else
-            COMPREPLY=($(compgen -W "add check compact demo diff edit forget import init list log purge recall rollback show stats" -- "$cur"))
+            COMPREPLY=($(compgen -W "add chat check compact demo diff edit forget import init kv list log pin purge recall rollback show stats unpin" -- "$cur"))
         fi
         return 0
     fi
@@ -69,7 +69,17 @@ _memos()
                     return 0 ;;
             esac
             if [[ $cur == -* ]]; then
-                COMPREPLY=($(compgen -W "--kind --tag -t --meta -m --time --ttl --importance --cube --user --json --help -h" -- "$cur"))
+                COMPREPLY=($(compgen -W "--kind --tag -t --meta -m --time --ttl --importance --cube --user --pin --json --help -h" -- "$cur"))
+            fi
+            ;;
+        chat)
+            case "$prev" in
+                --cube|--user|--kind|--tag|-t|--since|--until|-k|--budget|--model|--ctx|--temperature|--max-tokens|--seed|--kv)
+                    :  # a value with nothing to offer
+                    return 0 ;;
+            esac
+            if [[ $cur == -* ]]; then
+                COMPREPLY=($(compgen -W "--cube --user --kind --tag -t --since --until -k --budget --model --ctx --temperature --max-tokens --seed --no-kv --kv --rebuild --no-save --json --help -h" -- "$cur"))
             fi
             ;;
         check)
@@ -134,6 +144,11 @@ _memos()
                 COMPREPLY=($(compgen -W "--json --help -h" -- "$cur"))
             fi
             ;;
+        kv)
+            if [[ $cur == -* ]]; then
+                COMPREPLY=($(compgen -W "--help -h" -- "$cur"))
+            fi
+            ;;
         list)
             case "$prev" in
                 --kind|--tag|-t|--cube|--user|--since|--until|--limit|-n)
@@ -144,7 +159,7 @@ _memos()
                     return 0 ;;
             esac
             if [[ $cur == -* ]]; then
-                COMPREPLY=($(compgen -W "--kind --tag -t --cube --user --since --until --status --limit -n --json --help -h" -- "$cur"))
+                COMPREPLY=($(compgen -W "--kind --tag -t --cube --user --since --until --pinned --unpinned --status --limit -n --json --help -h" -- "$cur"))
             fi
             ;;
         log)
@@ -155,6 +170,11 @@ _memos()
             esac
             if [[ $cur == -* ]]; then
                 COMPREPLY=($(compgen -W "-n --cube --user --json --help -h" -- "$cur"))
+            fi
+            ;;
+        pin)
+            if [[ $cur == -* ]]; then
+                COMPREPLY=($(compgen -W "--json --help -h" -- "$cur"))
             fi
             ;;
         purge)
@@ -172,7 +192,7 @@ _memos()
                     return 0 ;;
             esac
             if [[ $cur == -* ]]; then
-                COMPREPLY=($(compgen -W "-k --kind --tag -t --cube --user --since --until --batch --json --help -h" -- "$cur"))
+                COMPREPLY=($(compgen -W "-k --kind --tag -t --cube --user --since --until --pinned --unpinned --batch --json --help -h" -- "$cur"))
             fi
             ;;
         rollback)
@@ -186,6 +206,11 @@ _memos()
             fi
             ;;
         stats)
+            if [[ $cur == -* ]]; then
+                COMPREPLY=($(compgen -W "--json --help -h" -- "$cur"))
+            fi
+            ;;
+        unpin)
             if [[ $cur == -* ]]; then
                 COMPREPLY=($(compgen -W "--json --help -h" -- "$cur"))
             fi

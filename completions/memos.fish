@@ -40,21 +40,25 @@ complete -c memos -n 'not __memos_command' -l help -s h -d 'Show this message an
 
 # Commands
 complete -c memos -n 'not __memos_command' -a add -d 'Remember something; prints the new id.'
+complete -c memos -n 'not __memos_command' -a chat -d 'Chat with a local model that recalls your memories; each turn is saved as an episode.'
 complete -c memos -n 'not __memos_command' -a check -d 'Verify the store: git, the unit files, the search table, embeddings and indexes.'
 complete -c memos -n 'not __memos_command' -a compact -d 'Merge table fragments, refresh the text index and repack git history.'
-complete -c memos -n 'not __memos_command' -a demo -d 'Run the main loop on a scratch store: add memories, recall them, edit, diff, roll back.'
+complete -c memos -n 'not __memos_command' -a demo -d 'Run the main loop on a scratch store: add, recall, edit, diff, roll back, pin, chat.'
 complete -c memos -n 'not __memos_command' -a diff -d 'What changed in memory: units added, removed and changed, with a diff of their text and fields.'
 complete -c memos -n 'not __memos_command' -a edit -d 'Change a memory: a new version of it, the old one kept in history.'
 complete -c memos -n 'not __memos_command' -a forget -d 'Forget memories: gone from recall, kept in history (`memos rollback` undoes it).'
 complete -c memos -n 'not __memos_command' -a import -d 'Import many memories in one commit, all or nothing.'
 complete -c memos -n 'not __memos_command' -a init -d 'Create the memory store (the first write creates it too).'
+complete -c memos -n 'not __memos_command' -a kv -d 'Activation memory: a block of memory prefilled on the chat model, its KV cache saved, so a chat starts without reading it again.'
 complete -c memos -n 'not __memos_command' -a list -d 'List memories, newest first.'
 complete -c memos -n 'not __memos_command' -a log -d 'The operations on memory, newest first: who, when, what and how many units.'
+complete -c memos -n 'not __memos_command' -a pin -d 'Pin memories: always in context, in the activation memory of their cube.'
 complete -c memos -n 'not __memos_command' -a purge -d 'Delete memories for good: from the store, its search table and all of git history.'
 complete -c memos -n 'not __memos_command' -a recall -d 'Find the memories that best match a query (full-text and vector search, fused).'
 complete -c memos -n 'not __memos_command' -a rollback -d 'Put memory back as it was at REV, as a new commit; history is kept, so it can be undone.'
 complete -c memos -n 'not __memos_command' -a show -d 'Show one memory with all its fields, or every version of it.'
 complete -c memos -n 'not __memos_command' -a stats -d 'Counts by kind, status and cube, and sizes on disk.'
+complete -c memos -n 'not __memos_command' -a unpin -d 'Unpin memories: back to being recalled only when they match.'
 
 # memos add
 complete -c memos -n '__memos_using add' -l kind -x -d 'fact, preference, episode, note, or a word of your own.'
@@ -65,8 +69,30 @@ complete -c memos -n '__memos_using add' -l ttl -x -d 'Expire after this long: 9
 complete -c memos -n '__memos_using add' -l importance -x -d '0 to 1.'
 complete -c memos -n '__memos_using add' -l cube -x -d 'Namespace for this memory.'
 complete -c memos -n '__memos_using add' -l user -x -d 'Who it belongs to (default: $MEMOS_USER or $USER).'
+complete -c memos -n '__memos_using add' -l pin -d 'Pin it: always in context (see `memos pin`).'
 complete -c memos -n '__memos_using add' -l json -d 'Print JSON instead of text.'
 complete -c memos -n '__memos_using add' -l help -s h -d 'Show this message and exit.'
+
+# memos chat
+complete -c memos -n '__memos_using chat' -l cube -x -d 'The cube to recall from and save to.'
+complete -c memos -n '__memos_using chat' -l user -x -d 'Saved turns\' user (default: $MEMOS_USER).'
+complete -c memos -n '__memos_using chat' -l kind -x -d 'Only this kind.'
+complete -c memos -n '__memos_using chat' -l tag -s t -x -d 'Only units with this tag; repeat to require more.'
+complete -c memos -n '__memos_using chat' -l since -x -d 'Only units whose time is at or after this (ISO 8601, \'7d ago\').'
+complete -c memos -n '__memos_using chat' -l until -x -d 'Only units whose time is before this.'
+complete -c memos -n '__memos_using chat' -s k -x -d 'Memories recalled per turn.'
+complete -c memos -n '__memos_using chat' -l budget -x -d 'Tokens of recalled memories per turn.'
+complete -c memos -n '__memos_using chat' -l model -x -d 'A GGUF chat model (default: [chat] model in memos.toml, else Gemma 3 270M).'
+complete -c memos -n '__memos_using chat' -l ctx -x -d 'Context size (default: [chat] ctx, else 8192).'
+complete -c memos -n '__memos_using chat' -l temperature -x -d '0 decodes greedily.'
+complete -c memos -n '__memos_using chat' -l max-tokens -x -d 'Longest answer.'
+complete -c memos -n '__memos_using chat' -l seed -x -d 'Sampling seed, for repeatable answers.'
+complete -c memos -n '__memos_using chat' -l no-kv -d 'Prefill the memory block instead of loading its saved KV cache.'
+complete -c memos -n '__memos_using chat' -l kv -x -d 'Use this activation memory (see `memos kv list`).'
+complete -c memos -n '__memos_using chat' -l rebuild -d 'Rebuild a stale activation memory before using it.'
+complete -c memos -n '__memos_using chat' -l no-save -d 'Keep nothing: turns are not saved as episodes.'
+complete -c memos -n '__memos_using chat' -l json -d 'Print the answer, memories used and timings as JSON.'
+complete -c memos -n '__memos_using chat' -l help -s h -d 'Show this message and exit.'
 
 # memos check
 complete -c memos -n '__memos_using check' -l repair -d 'Fix what can be fixed (rebuilds the search table).'
@@ -121,6 +147,9 @@ complete -c memos -n '__memos_using import' -r -F
 complete -c memos -n '__memos_using init' -l json -d 'Print JSON instead of text.'
 complete -c memos -n '__memos_using init' -l help -s h -d 'Show this message and exit.'
 
+# memos kv
+complete -c memos -n '__memos_using kv' -l help -s h -d 'Show this message and exit.'
+
 # memos list
 complete -c memos -n '__memos_using list' -l kind -x -d 'Only this kind.'
 complete -c memos -n '__memos_using list' -l tag -s t -x -d 'Only units with this tag; repeat to require more.'
@@ -128,6 +157,7 @@ complete -c memos -n '__memos_using list' -l cube -x -d 'Only this cube.'
 complete -c memos -n '__memos_using list' -l user -x -d 'Only this user\'s units.'
 complete -c memos -n '__memos_using list' -l since -x -d 'Only units whose time is at or after this (ISO 8601, \'7d ago\').'
 complete -c memos -n '__memos_using list' -l until -x -d 'Only units whose time is before this.'
+complete -c memos -n '__memos_using list' -l pinned -l unpinned -d 'Only pinned units (--unpinned: only units not pinned).'
 complete -c memos -n '__memos_using list' -l status -x -a 'active archived deleted all' -d 'Which lifecycle state to list.'
 complete -c memos -n '__memos_using list' -l limit -s n -x -d 'At most this many (0: all).'
 complete -c memos -n '__memos_using list' -l json -d 'Print JSON instead of text.'
@@ -139,6 +169,10 @@ complete -c memos -n '__memos_using log' -l cube -x -d 'Only operations on this 
 complete -c memos -n '__memos_using log' -l user -x -d 'Only this user\'s operations.'
 complete -c memos -n '__memos_using log' -l json -d 'Print JSON instead of text.'
 complete -c memos -n '__memos_using log' -l help -s h -d 'Show this message and exit.'
+
+# memos pin
+complete -c memos -n '__memos_using pin' -l json -d 'Print JSON instead of text.'
+complete -c memos -n '__memos_using pin' -l help -s h -d 'Show this message and exit.'
 
 # memos purge
 complete -c memos -n '__memos_using purge' -l in-history -d 'Also purge ids that are only in history (forgotten by rollback).'
@@ -154,6 +188,7 @@ complete -c memos -n '__memos_using recall' -l cube -x -d 'Only this cube.'
 complete -c memos -n '__memos_using recall' -l user -x -d 'Only this user\'s units.'
 complete -c memos -n '__memos_using recall' -l since -x -d 'Only units whose time is at or after this (ISO 8601, \'7d ago\').'
 complete -c memos -n '__memos_using recall' -l until -x -d 'Only units whose time is before this.'
+complete -c memos -n '__memos_using recall' -l pinned -l unpinned -d 'Only pinned units (--unpinned: only units not pinned).'
 complete -c memos -n '__memos_using recall' -l batch -r -F -d 'JSON lines {"query", "k"}; writes one JSON line per query.'
 complete -c memos -n '__memos_using recall' -l json -d 'Print JSON instead of text.'
 complete -c memos -n '__memos_using recall' -l help -s h -d 'Show this message and exit.'
@@ -171,3 +206,7 @@ complete -c memos -n '__memos_using show' -l help -s h -d 'Show this message and
 # memos stats
 complete -c memos -n '__memos_using stats' -l json -d 'Print JSON instead of text.'
 complete -c memos -n '__memos_using stats' -l help -s h -d 'Show this message and exit.'
+
+# memos unpin
+complete -c memos -n '__memos_using unpin' -l json -d 'Print JSON instead of text.'
+complete -c memos -n '__memos_using unpin' -l help -s h -d 'Show this message and exit.'

@@ -53,9 +53,9 @@ def unit_detail(unit: MemoryUnit) -> None:
     table.add_column(style="bold cyan", no_wrap=True)
     table.add_column(overflow="fold")
     for key, value in data.items():
-        if value in (None, [], {}, ""):
+        if value is None or (not isinstance(value, bool) and value in ([], {}, "")):
             continue
-        table.add_row(key, str(value))
+        table.add_row(key, ("yes" if value else "no") if isinstance(value, bool) else str(value))
     console.print(table)
     console.print()
     console.print(text, markup=False, highlight=False)
@@ -128,7 +128,8 @@ def diff_view(diff: Any, usage: bool = False) -> None:
             console.print(f"[red]- {c.id}[/red] {escape(f'[{c.old.kind}]')} {escape(_clip(c.old.text))}",
                           highlight=False)
         else:
-            console.print(f"[yellow]~ {c.id}[/yellow] version {c.old.version} -> {c.new.version}", highlight=False)
+            versions = f" version {c.old.version} -> {c.new.version}" if c.old.version != c.new.version else ""
+            console.print(f"[yellow]~ {c.id}[/yellow]{versions}", highlight=False)
             old, new = c.old.to_json(), c.new.to_json()
             for name in c.fields:
                 if name != "text":
@@ -164,3 +165,46 @@ def check_view(report: Any) -> None:
     if report.ok:
         console.print(f"[green]ok[/green]: {report.units} units at {str(report.head)[:10]}, the search table "
                       f"({report.rows} rows), embeddings and indexes are in step", highlight=False)
+
+
+_KV_STATUS_STYLE = {"current": "green", "stale": "yellow", "missing": "red", "other model": "yellow"}
+
+
+def kv_table(records: list[Any]) -> None:
+    if not records:
+        console.print("[dim]no activation memories; build one with `memos kv build --pinned`[/dim]")
+        return
+    table = Table(header_style="bold")
+    for col in ("id", "cube", "block", "units", "tokens", "size", "model", "built", "status"):
+        table.add_column(col, overflow="fold" if col == "status" else "ellipsis", no_wrap=col != "status")
+    for a in records:
+        style = _KV_STATUS_STYLE.get(a.status, "")
+        status = f"[{style}]{escape(a.status)}[/{style}]" if style else escape(a.status)
+        if a.reason and a.status != "current":
+            status += f" [dim]({escape(a.reason)})[/dim]"
+        table.add_row(a.id, a.cube, escape(a.selection.describe()), str(len(a.sources)), str(a.n_tokens),
+                      human_bytes(a.bytes), escape(str(a.model.get("name", "?"))), _short_time(a.created_at), status)
+    console.print(table)
+
+
+def kv_detail(record: Any, with_text: bool) -> None:
+    data = record.to_json(with_preamble=False)
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold cyan", no_wrap=True)
+    table.add_column(overflow="fold")
+    model = data.pop("model")
+    units = data.pop("units")
+    data["selection"] = record.selection.describe()
+    data["bytes"] = f"{human_bytes(record.bytes)} ({data['bytes_per_token']} bytes per token)"
+    data.pop("bytes_per_token")
+    for key, value in data.items():
+        if value in (None, ""):
+            continue
+        table.add_row(key, escape(str(value)))
+    table.add_row("model", escape(f"{model.get('name')} ({model.get('arch')}), sha256 {model.get('sha256')}, "
+                                  f"ctx {model.get('n_ctx')}"))
+    table.add_row("units", escape(", ".join(f"{u['id']} v{u['version']}" for u in units)))
+    console.print(table)
+    if with_text:
+        console.print()
+        console.print(record.preamble, markup=False, highlight=False)

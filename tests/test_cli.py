@@ -95,7 +95,10 @@ def test_demo_adds_recalls_and_shows_history(cli, tmp_path):
     assert done.returncode == 0, done.err
     assert "memos recall" in done.out and "init: memos store" in done.out and "add: 1 unit" in done.out
     assert "-Alice moved to Lisbon" in done.out and "rollback: to" in done.out
-    assert commit_count(tmp_path / "demo") == 8  # init, five adds, an edit and its rollback
+    words = " ".join(done.out.split())  # rich wraps long lines at the terminal's width
+    assert "loaded from its KV cache" in words and "prefilled" in words and "saved as episode" in words
+    # init, five adds, an edit and its rollback, a pin, one saved chat turn (the two others are --no-save)
+    assert commit_count(tmp_path / "demo") == 10
 
 
 def test_compact(cli, filled):
@@ -181,7 +184,7 @@ def test_existing_store_not_writable(cli, filled):
 
 def test_store_from_a_newer_schema(cli, filled):
     path = filled / "memos.toml"
-    path.write_text(path.read_text().replace("schema_version = 2", "schema_version = 7"))
+    path.write_text(path.read_text().replace("schema_version = 3", "schema_version = 7"))
     subprocess.run(["git", "-C", str(filled), "commit", "-qam", "from the future"], check=True,
                    env={**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
                         "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"})

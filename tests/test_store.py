@@ -120,7 +120,7 @@ def test_access_counts_reach_history_with_the_next_write(store):
 
 def test_newer_schema_is_refused(store):
     path = store.root / "memos.toml"
-    path.write_text(path.read_text().replace("schema_version = 2", "schema_version = 99"))
+    path.write_text(path.read_text().replace("schema_version = 3", "schema_version = 99"))
     with pytest.raises(StoreError, match="newer memos"):
         MemoryStore(store.root).config  # noqa: B018
 

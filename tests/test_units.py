@@ -9,6 +9,7 @@ import pytest
 from memos_cli.core.errors import UsageError
 from memos_cli.core.units import (
     MAX_TEXT_BYTES,
+    MemoryUnit,
     build_unit,
     check_text,
     new_id,
@@ -84,8 +85,28 @@ def test_build_unit_defaults_and_ttl():
 @pytest.mark.parametrize(
     "kwargs,message",
     [({"kind": "two words"}, "bad kind"), ({"cube": ""}, "bad cube"), ({"importance": 2}, "importance"),
-     ({"tags": [""]}, "tags"), ({"meta": [1]}, "meta"), ({"time": 5}, "bad time"), ({"ttl": 5}, "bad ttl")],
+     ({"tags": [""]}, "tags"), ({"meta": [1]}, "meta"), ({"time": 5}, "bad time"), ({"ttl": 5}, "bad ttl"),
+     ({"pinned": 1}, "bad pinned"), ({"pinned": "yes"}, "bad pinned")],
 )
 def test_build_unit_rejects_bad_fields(kwargs, message):
     with pytest.raises(UsageError, match=message):
         build_unit("text", **kwargs)
+
+
+def test_pinned_defaults_to_false_and_round_trips():
+    unit = build_unit("Answer briefly")
+    assert unit.pinned is False
+    pinned = build_unit("Answer briefly", pinned=True)
+    assert pinned.pinned is True
+    data = pinned.to_json()
+    assert data["pinned"] is True and MemoryUnit.from_json(data).pinned is True
+    data.pop("pinned")  # a schema-2 file has no such field
+    assert MemoryUnit.from_json(data).pinned is False
+
+
+@pytest.mark.parametrize("bad", [1, 0, "true", None, [True]])
+def test_from_json_rejects_a_pinned_that_is_not_a_bool(bad):
+    data = build_unit("x").to_json()
+    data["pinned"] = bad
+    with pytest.raises(UsageError, match="bad pinned"):
+        MemoryUnit.from_json(data)

@@ -49,7 +49,7 @@ def main_options(
     ctx.ensure_object(dict)["store_path"] = store
 
 
-COMMAND_MODULES = ("write", "read", "change", "history", "maintain", "demo", "completions")
+COMMAND_MODULES = ("write", "read", "chat", "change", "kv", "history", "maintain", "demo", "completions")
 
 
 def load_commands() -> None:
@@ -90,4 +90,6 @@ def main() -> None:
         print(f"memos: internal error: {type(exc).__name__}: {exc} (MEMOS_DEBUG=1 shows the traceback)",
               file=sys.stderr)
         sys.exit(70)
+    if code == 130:  # typer turns Ctrl-C inside a command into exit code 130
+        print("memos: interrupted", file=sys.stderr)
     sys.exit(code if isinstance(code, int) else 0)

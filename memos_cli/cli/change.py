@@ -1,4 +1,4 @@
-"""Commands that change or remove memories: edit, forget, purge."""
+"""Commands that change or remove memories: edit, pin, unpin, forget, purge."""
 
 from __future__ import annotations
 
@@ -120,6 +120,51 @@ def _edit_in_editor(unit: Any) -> dict[str, Any] | None:
         return editing.parse(document)
     except UsageError as exc:
         raise UsageError(f"{exc}; nothing changed") from None
+
+
+PinIds = Annotated[list[str], typer.Argument(help="Ids (or unique prefixes) of memories.", metavar="ID...",
+                                              show_default=False)]
+
+
+@app.command()
+def pin(ctx: typer.Context, unit_ids: PinIds, json_out: JsonOpt = False) -> None:
+    """Pin memories: always in context, in the activation memory of their cube.
+
+    Pinning is placement, not content: the memories keep their version, and
+    the change is one commit (`memos unpin` undoes it). Only active memories
+    can be pinned; those already pinned are left as they are.
+
+    Examples:
+
+      memos pin 01jd3x7k9m 01jd3x8a2b
+
+      memos list --pinned
+    """
+    _pin(ctx, unit_ids, True, json_out)
+
+
+@app.command()
+def unpin(ctx: typer.Context, unit_ids: PinIds, json_out: JsonOpt = False) -> None:
+    """Unpin memories: back to being recalled only when they match.
+
+    Example: memos unpin 01jd3x7k9m
+    """
+    _pin(ctx, unit_ids, False, json_out)
+
+
+def _pin(ctx: typer.Context, unit_ids: list[str], pinned: bool, json_out: bool) -> None:
+    store = open_existing_store(ctx)
+    changed = store.pin(unit_ids, pinned)
+    say_notices(store)
+    word = "pinned" if pinned else "unpinned"
+    if json_out:
+        print_json({word: [u.id for u in changed], "commit": store.repo.head() if changed else None})
+    elif not changed:
+        print(f"nothing to change: {'all' if len(unit_ids) > 1 else 'it is'} already {word}")
+    else:
+        n = len(changed)
+        print(f"{word} {n} memor{'y' if n == 1 else 'ies'}"
+              + ("" if n >= len(set(unit_ids)) else f" (the others were already {word})"))
 
 
 @app.command()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -26,7 +26,7 @@ def demo(
     keep: Annotated[str | None, typer.Option("--keep", metavar="DIR",
                     help="Build the demo store here and keep it (default: a temporary directory).")] = None,
 ) -> None:
-    """Run the main loop on a scratch store: add memories, recall them, edit, diff, roll back.
+    """Run the main loop on a scratch store: add, recall, edit, diff, roll back, pin, chat.
 
     It never touches your own store (--store is ignored): the demo store is
     temporary unless --keep names a directory. Uses the embedded default
@@ -64,8 +64,41 @@ def demo(
         console.rule("memos rollback HEAD~1 (a new commit; the edit stays in history)")
         store.rollback("HEAD~1")
         hits_table(store.recall("Where does Alice live?", 1), "Where does Alice live?")
+        _chat(console, store)
         console.rule("memos log (one commit per change)")
         for commit in history.log(store, 20):
             console.print(f"[yellow]{commit.sha[:10]}[/yellow] {commit.when:%Y-%m-%d %H:%M} {commit.subject}")
         if keep:
             console.print(f"\nThe store is kept at {root}: try `memos --store {root} recall 'marathon'`.")
+
+
+def _chat(console: Any, store: Any) -> None:
+    """Pin a memory, save its activation memory, and chat with and without it."""
+    from ..core import activation
+    from ..core.chat import ChatOptions, ChatSession
+    from ..core.retrieval import Filters
+    from ..models.generator import load_generator
+
+    tea = next(u for u in store.list(Filters(kind="preference"), limit=1))
+    console.rule(f"memos pin {tea.id} && memos kv build --pinned")
+    store.pin([tea.id])
+    with load_generator(None) as generator:
+        record = activation.build(store, generator, "default", activation.Selection(pinned=True))
+        console.print(f"activation memory {record.id}: {record.n_tokens} tokens, {record.bytes / 1e6:.1f} MB, "
+                      f"built in {record.build_seconds:.2f}s (kept out of git)", highlight=False)
+        # The same question with the cache and without it (greedy: the same answer), then a saved turn.
+        for question, use_kv, save in (("What does Alice like to drink?", True, False),
+                                       ("What does Alice like to drink?", False, False),
+                                       ("Who is training for a marathon?", True, True)):
+            flags = ("" if use_kv else " --no-kv") + ("" if save else " --no-save")
+            console.rule(f"memos chat {question!r} --temperature 0{flags}")
+            options = ChatOptions(user="demo", temperature=0.0, max_tokens=48, use_kv=use_kv, save=save)
+            session = ChatSession(store, generator, options)
+            for piece in session.ask(question):
+                console.print(piece, end="", markup=False, highlight=False)
+            turn = session.last
+            how = "loaded from its KV cache" if session.head.source == "kv" else "prefilled"
+            saved = f"saved as episode {turn.saved}" if turn.saved else "not saved"
+            console.print(f"\n[dim]memory block {how} in {session.head.seconds * 1000:.0f} ms; first token after "
+                          f"{(session.head.seconds + turn.timings['first_token_s']) * 1000:.0f} ms; {saved}[/dim]",
+                          highlight=False)

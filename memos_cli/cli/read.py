@@ -9,7 +9,7 @@ import typer
 
 from ..core.errors import UsageError
 from .app import app
-from .common import open_existing_store, print_json, read_json_lines
+from .common import open_existing_store, print_json, read_json_lines, say_notices
 
 KindF = Annotated[str | None, typer.Option("--kind", metavar="KIND", help="Only this kind.")]
 TagF = Annotated[list[str] | None, typer.Option("--tag", "-t", metavar="TAG",
@@ -19,6 +19,8 @@ UserF = Annotated[str | None, typer.Option("--user", metavar="USER", help="Only 
 SinceF = Annotated[str | None, typer.Option("--since", metavar="TIME",
                                help="Only units whose time is at or after this (ISO 8601, '7d ago').")]
 UntilF = Annotated[str | None, typer.Option("--until", metavar="TIME", help="Only units whose time is before this.")]
+PinnedF = Annotated[bool | None, typer.Option("--pinned/--unpinned", show_default=False,
+                                              help="Only pinned units (--unpinned: only units not pinned).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 
 
@@ -30,14 +32,14 @@ class Status(StrEnum):
 
 
 def _filters(kind: str | None, tag: list[str] | None, cube: str | None, user: str | None,
-             since: str | None, until: str | None, status: str | None = "active") -> Any:
+             since: str | None, until: str | None, status: str | None = "active", pinned: bool | None = None) -> Any:
     from ..core.retrieval import Filters
     from ..core.units import STATUSES, parse_time
 
     if status is not None and status not in STATUSES:
         raise UsageError(f"bad status {status!r}: use one of {', '.join(STATUSES)} or 'all'")
     return Filters(kind=kind, tags=tag or [], cube=cube, user=user,
-                   since=parse_time(since, "--since"), until=parse_time(until, "--until"), status=status)
+                   since=parse_time(since, "--since"), until=parse_time(until, "--until"), status=status, pinned=pinned)
 
 
 @app.command()
@@ -46,7 +48,7 @@ def recall(
     query: Annotated[list[str] | None, typer.Argument(help="What to recall.", metavar="QUERY...", show_default=False)] = None,
     k: Annotated[int, typer.Option("-k", metavar="N", help="How many results.", min=1, max=1000)] = 10,
     kind: KindF = None, tag: TagF = None, cube: CubeF = None, user: UserF = None,
-    since: SinceF = None, until: UntilF = None,
+    since: SinceF = None, until: UntilF = None, pinned: PinnedF = None,
     batch: Annotated[str | None, typer.Option("--batch", metavar="FILE|-",
                      help='JSON lines {"query", "k"}; writes one JSON line per query.')] = None,
     json_out: JsonOpt = False,
@@ -59,13 +61,15 @@ def recall(
 
       memos recall "deadline" --tag work --since "30d ago" --json
 
+      memos recall "how should replies sound" --pinned
+
       memos recall --batch questions.jsonl > answers.jsonl
     """
     if batch is None and not query:
         raise UsageError("give a query, or --batch FILE")
     if batch is not None and query:
         raise UsageError("give either a query or --batch, not both")
-    filters = _filters(kind, tag, cube, user, since, until)
+    filters = _filters(kind, tag, cube, user, since, until, pinned=pinned)
     if batch is not None:
         records = read_json_lines(batch)
         queries, ks = [], []
@@ -80,6 +84,7 @@ def recall(
         store = open_existing_store(ctx)
         store.preload_embedder()
         results = store.recall_many(queries, ks, filters) if queries else []
+        say_notices(store)  # an upgrade or a rebuild of the search table, done on the way
         for q, hits in zip(queries, results, strict=True):
             print_json({"query": q, "results": [h.to_json() for h in hits]})
         return
@@ -87,6 +92,7 @@ def recall(
     store = open_existing_store(ctx)
     store.preload_embedder()
     hits = store.recall(text, k, filters)
+    say_notices(store)
     if json_out:
         print_json({"query": text, "results": [h.to_json() for h in hits]})
     else:
@@ -99,18 +105,23 @@ def recall(
 def list_(
     ctx: typer.Context,
     kind: KindF = None, tag: TagF = None, cube: CubeF = None, user: UserF = None,
-    since: SinceF = None, until: UntilF = None,
+    since: SinceF = None, until: UntilF = None, pinned: PinnedF = None,
     status: Annotated[Status, typer.Option("--status", help="Which lifecycle state to list.")] = Status.active,
     limit: Annotated[int, typer.Option("--limit", "-n", metavar="N", help="At most this many (0: all).", min=0)] = 50,
     json_out: JsonOpt = False,
 ) -> None:
     """List memories, newest first.
 
-    Example: memos list --kind fact --tag alice -n 20
+    Examples:
+
+      memos list --kind fact --tag alice -n 20
+
+      memos list --pinned --cube work
     """
-    filters = _filters(kind, tag, cube, user, since, until, None if status is Status.all else status.value)
+    filters = _filters(kind, tag, cube, user, since, until, None if status is Status.all else status.value, pinned)
     store = open_existing_store(ctx)
     units = store.list(filters, limit=limit)
+    say_notices(store)
     if json_out:
         print_json([u.to_json() for u in units])
     else:
@@ -150,6 +161,7 @@ def show(
             versions_view(versions)
         return
     unit = store.get(unit_id)
+    say_notices(store)
     if json_out:
         print_json(unit.to_json())
     else:
@@ -166,6 +178,7 @@ def stats(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     """
     store = open_existing_store(ctx)
     data = store.stats()
+    say_notices(store)
     if json_out:
         print_json(data)
     else:

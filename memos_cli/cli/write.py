@@ -49,6 +49,7 @@ def add(
     importance: Annotated[float, typer.Option("--importance", metavar="0..1", help="0 to 1.", min=0.0, max=1.0)] = 0.5,
     cube: CubeOpt = "default",
     user: UserOpt = None,
+    pin: Annotated[bool, typer.Option("--pin", help="Pin it: always in context (see `memos pin`).")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Remember something; prints the new id.
@@ -58,6 +59,8 @@ def add(
       memos add "Alice prefers tea over coffee" --kind preference --tag alice
 
       echo "standup moved to 10:00" | memos add - --ttl 30d
+
+      memos add "Answer in British English" --kind preference --pin
     """
     from ..core.units import parse_meta_pairs
 
@@ -65,7 +68,7 @@ def add(
     store = open_store(ctx)
     unit = store.add(
         body, kind=kind, tags=tag or [], meta=parse_meta_pairs(meta or []), time=time_, ttl=ttl,
-        importance=importance, cube=cube, user=user,
+        importance=importance, cube=cube, user=user, pinned=pin,
     )
     say_notices(store)
     if json_out:
@@ -86,7 +89,8 @@ def import_(
     """Import many memories in one commit, all or nothing.
 
     Each line is a JSON object: {"text", "time", "kind", "tags", "meta"} and
-    optionally "cube", "user", "importance", "ttl", "sources". Flags give the
+    optionally "cube", "user", "importance", "ttl", "sources", "pinned"
+    (true: always in context, see `memos pin`). Flags give the
     defaults for fields a line leaves out. A bad line is reported by its
     number and nothing is imported.
 

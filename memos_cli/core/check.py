@@ -11,13 +11,17 @@ What is checked, in order:
   the units of the files, field for field;
 - embeddings: every row has a vector of the configured model, of the
   model's width, finite and not zero;
-- the full-text index exists.
+- the full-text index exists;
+- activation memory: every record's cache file exists and hashes to its
+  name, and no cache file is orphaned.
 
 Repairs: an interrupted write is undone (as any write would do first), and
 any problem of the table, its embeddings or its index is fixed by rebuilding
 the table from the unit files, re-embedding only what needs it. Problems in
 git or in the unit files themselves are reported with what to do, never
-"fixed" by discarding anything.
+"fixed" by discarding anything. Orphaned cache files are removed, and the
+records of missing or damaged caches dropped (`memos kv build` makes them
+again).
 """
 
 from __future__ import annotations
@@ -76,8 +80,12 @@ def check(store: MemoryStore, repair: bool = False) -> CheckReport:
                 (store.root / rel).unlink(missing_ok=True)
             if report.temp_files:
                 report.repaired.append(f"removed {len(report.temp_files)} temporary unit files")
-            if any(p.fixable and p.area != "git" for p in report.problems):
+            if any(p.fixable and p.area not in ("git", "kv") for p in report.problems):
                 _rebuild(store, report)
+            if any(p.area == "kv" for p in report.problems):
+                from .activation import repair_locked
+
+                report.repaired += repair_locked(store)
             tried = [p for p in report.problems if p.fixable]
             if tried:  # look again: what is still wrong was not fixed
                 again = CheckReport(store=report.store)
@@ -229,3 +237,9 @@ def _inspect(store: MemoryStore, report: CheckReport) -> None:
 
     if rows and FTS_INDEX not in names:
         report.problems.append(Problem("index", "the full-text index is missing", True))
+
+    # Activation memory (KV caches, derived data out of git).
+    from .activation import problems
+
+    for problem in problems(store):
+        report.problems.append(Problem("kv", problem.message, True))

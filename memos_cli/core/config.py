@@ -10,9 +10,11 @@ from typing import Any
 
 from .errors import StoreError
 
-# Version of the on-disk layout (table schema and config). A store written by
+# Version of the on-disk layout (unit files and config). A store written by
 # a newer version is refused rather than misread; an older one is migrated.
-SCHEMA_VERSION = 2
+# 1: the LanceDB table in git; 2: one JSON file per unit; 3: units may be
+# ``pinned`` (a field schema 2 would reject as unknown).
+SCHEMA_VERSION = 3
 CONFIG_NAME = "memos.toml"
 
 
@@ -34,6 +36,8 @@ class StoreConfig:
     embedding_model: str = "all-MiniLM-L6-v2"  # the default, or a path to a GGUF
     lock_timeout: float = 10.0  # seconds a writer waits for another
     recall_k: int = 10
+    chat_model: str | None = None  # a path to a GGUF chat model; None: Gemma 3 270M from its package
+    chat_ctx: int | None = None  # the chat's context size in tokens; None: 8192
     extra: dict[str, Any] = field(default_factory=dict)  # sections we do not know, kept as they are
 
     @classmethod
@@ -56,13 +60,16 @@ class StoreConfig:
         embedding = data.get("embedding", {})
         lock = data.get("lock", {})
         recall = data.get("recall", {})
+        chat = data.get("chat", {})
         try:
             cfg = cls(
                 schema_version=version,
                 embedding_model=str(embedding.get("model", cls.embedding_model)),
                 lock_timeout=float(lock.get("timeout", cls.lock_timeout)),
                 recall_k=int(recall.get("k", cls.recall_k)),
-                extra={k: v for k, v in data.items() if k not in ("store", "embedding", "lock", "recall")},
+                chat_model=str(chat["model"]) if chat.get("model") else None,
+                chat_ctx=int(chat["ctx"]) if chat.get("ctx") is not None else None,
+                extra={k: v for k, v in data.items() if k not in ("store", "embedding", "lock", "recall", "chat")},
             )
         except (TypeError, ValueError) as exc:
             raise StoreError(f"{path}: bad value ({exc})") from None
@@ -77,9 +84,13 @@ class StoreConfig:
             "lock": {"timeout": self.lock_timeout},
             "recall": {"k": self.recall_k},
         }
+        chat = {"model": self.chat_model, "ctx": self.chat_ctx}
+        if any(v is not None for v in chat.values()):
+            doc["chat"] = {k: v for k, v in chat.items() if v is not None}
         doc.update(self.extra)
         header = (
             "# memos store settings. Edit with care: this file is versioned with the memory.\n"
             "# [embedding] model: 'all-MiniLM-L6-v2' (the default) or a path to a GGUF embedding model.\n"
+            "# [chat] model: a path to a GGUF chat model (default: Gemma 3 270M); ctx: its context size.\n"
         )
         return header + tomli_w.dumps(doc)

@@ -43,6 +43,7 @@ class PurgeReport:
     commits_rewritten: int = 0
     blobs_removed: int = 0
     table_rows: int = 0  # rows of the rebuilt table
+    caches: list[str] = field(default_factory=list)  # activation memories removed with the units
     head: str = ""
     notes: list[str] = field(default_factory=list)
 
@@ -53,6 +54,7 @@ class PurgeReport:
             "commits_rewritten": self.commits_rewritten,
             "blobs_removed": self.blobs_removed,
             "table_rows": self.table_rows,
+            "caches": self.caches,
             "head": self.head,
             "notes": self.notes,
         }
@@ -75,6 +77,7 @@ def _resolve(store: MemoryStore, uid: str, in_history: bool) -> tuple[str, bool]
 
 
 def purge(store: MemoryStore, ids: list[str], *, in_history: bool = False) -> PurgeReport:
+    from .activation import drop_for_units
     from .sync import rebuild
 
     if not ids:
@@ -92,6 +95,8 @@ def purge(store: MemoryStore, ids: list[str], *, in_history: bool = False) -> Pu
         units = files.read_at(store.repo, head, remaining)
         rebuild(store, units)
         report.table_rows = len(units)
+        # Activation memories built from these units hold their text (and its KV state).
+        report.caches = [a.id for a in drop_for_units(store, set(resolved))]
         txn.summary = f"{len(resolved)} unit{'s' if len(resolved) != 1 else ''}, removed from all history"
         txn.after_commit.append(lambda: _rewrite_history(store, paths, report))
     report.head = store.repo.head() or ""

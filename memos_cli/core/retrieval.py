@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from .table import VECTOR_NPROBES, from_row, sql_str, sql_time
-from .units import MemoryUnit, check_name
+from .units import MemoryUnit, check_name, check_pinned
 
 WEIGHT_TEXT = 0.6
 WEIGHT_VECTOR = 0.4
@@ -46,12 +46,15 @@ class Filters:
     since: datetime | None = None  # on the unit's ``time``
     until: datetime | None = None
     status: str | None = "active"
+    pinned: bool | None = None  # True: only pinned units; False: only units not pinned
 
     def __post_init__(self) -> None:
         for name in ("kind", "cube", "user"):
             value = getattr(self, name)
             if value is not None:
                 check_name(value, name)
+        if self.pinned is not None:
+            check_pinned(self.pinned)
 
     def sql(self, now: datetime | None = None) -> str | None:
         """A LanceDB (DataFusion SQL) filter; ``now`` also hides expired units."""
@@ -64,6 +67,8 @@ class Filters:
             parts.append(f"cube = {sql_str(self.cube)}")
         if self.user:
             parts.append(f"user = {sql_str(self.user)}")
+        if self.pinned is not None:
+            parts.append(f"pinned = {'true' if self.pinned else 'false'}")
         if self.tags:
             parts.append("array_has_all(tags, [" + ", ".join(sql_str(t) for t in self.tags) + "])")
         if self.since:
@@ -99,7 +104,7 @@ class Hit:
 
 _COLUMNS = [
     "id", "text", "kind", "tags", "meta", "sources", "cube", "user", "time", "created_at",
-    "importance", "access_count", "status", "version",
+    "importance", "access_count", "status", "pinned", "version",
 ]
 
 
@@ -137,7 +142,8 @@ def hybrid_search(
     best = sorted(scores, key=lambda rowid: (-scores[rowid], rowid))[:k]
     if not best:
         return []
-    rows = ds._take_rows(best, columns=_COLUMNS).to_pylist()  # lancedb's take_row_ids, without lancedb
+    names = set(ds.schema.names)  # a table not yet rebuilt in the current format lacks "pinned"
+    rows = ds._take_rows(best, columns=[c for c in _COLUMNS if c in names]).to_pylist()  # lancedb's take_row_ids, without lancedb
     return [Hit(from_row(row), scores[rowid], signals[rowid]) for rowid, row in zip(best, rows, strict=True)]
 
 

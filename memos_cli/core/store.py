@@ -255,6 +255,19 @@ class MemoryStore:
                 raise UsageError(f"bad MEMOS_LOCK_TIMEOUT {env!r}: use a number of seconds") from None
         return StoreLock(self.state_dir / "lock", timeout)
 
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the store's lock for a write outside git (derived data such as
+        activation caches): waits like any writer, makes no commit."""
+        self._check_writable()
+        lock = self._lock_for()
+        lock.acquire()
+        try:
+            self._recover_locked()
+            yield
+        finally:
+            lock.release()
+
     def recover(self) -> bool:
         """If a write was cut off, put the store back to its last commit.
 
@@ -325,30 +338,46 @@ class MemoryStore:
         self._journal.unlink(missing_ok=True)
 
     def _upgrade_locked(self) -> None:
-        """Schema 1 kept the LanceDB table itself in git; schema 2 keeps one file per unit."""
-        if self.config.schema_version >= SCHEMA_VERSION:
+        """Bring a store of an older schema to ``SCHEMA_VERSION``, in one commit.
+
+        Schema 1 kept the LanceDB table itself in git; schema 2 keeps one file
+        per unit; schema 3 lets units be ``pinned`` (the files of schema 2 are
+        valid schema 3 as they are). A schema-1 store goes straight to 3. The
+        search table is left to the sync that follows: its marker names no
+        table format or an old one, so it is rebuilt, reusing its vectors.
+        """
+        old = self.config.schema_version
+        if old >= SCHEMA_VERSION:
             return
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._journal.write_text(json.dumps({"op": "upgrade", "scope": "all", "head": self.repo.head(),
                                              "pid": os.getpid(), "started": iso(utcnow())}), encoding="utf-8")
-        units = self.table.units(None) if self.table.exists() else []
-        for unit in units:
-            files.write(self.root, unit)
-        self.repo.git.rm("-r", "--cached", "-q", "--ignore-unmatch", TABLES_DIR, ".gitattributes")
-        (self.root / ".gitattributes").unlink(missing_ok=True)
-        _write_gitignore(self.root)
-        self.repo.ensure_settings()
+        units: list[MemoryUnit] = []
+        details = []
+        if old < 2:
+            units = self.table.units(None) if self.table.exists() else []
+            for unit in units:
+                files.write(self.root, unit)
+            self.repo.git.rm("-r", "--cached", "-q", "--ignore-unmatch", TABLES_DIR, ".gitattributes")
+            (self.root / ".gitattributes").unlink(missing_ok=True)
+            _write_gitignore(self.root)
+            self.repo.ensure_settings()
+            details.append("The LanceDB table is now derived data outside git.")
+        if old < 3:
+            details.append("Units may now be pinned (always in context).")
         self.config.schema_version = SCHEMA_VERSION
         self.config_path.write_text(self.config.to_toml(), encoding="utf-8")
+        summary = f", {len(units)} units as files" if old < 2 else ""
         self.repo.commit_all(
-            f"upgrade: schema 1 -> {SCHEMA_VERSION}, {len(units)} units as files\n\n"
-            "The LanceDB table is now derived data outside git.\n\n"
+            f"upgrade: schema {old} -> {SCHEMA_VERSION}{summary}\n\n" + "\n".join(details) + "\n\n"
             f"Memos-Op: upgrade\nMemos-Units: {len(units)}\nMemos-Cube: *\nMemos-User: {default_user()}\n",
             default_user(),
         )
-        self.table.mark(self.repo.head())
+        if old < 2:
+            self.table.unmark()  # the table that was in git: rebuilt from the files by the sync that follows
         self._drop_journal()
-        self.notices.append(f"upgraded the store to schema {SCHEMA_VERSION}: {len(units)} units are now files in git")
+        what = f"{len(units)} units are now files in git" if old < 2 else "memories can now be pinned"
+        self.notices.append(f"upgraded the store from schema {old} to schema {SCHEMA_VERSION}: {what}")
 
     def _sync_locked(self) -> None:
         from .sync import is_current, sync
@@ -545,7 +574,7 @@ class MemoryStore:
         Every record is validated before anything is written; the first bad
         one raises ``UsageError`` naming its line.
         """
-        allowed = {"text", "time", "kind", "tags", "meta", "sources", "cube", "user", "importance", "ttl"}
+        allowed = {"text", "time", "kind", "tags", "meta", "sources", "cube", "user", "importance", "ttl", "pinned"}
         defaults = defaults or {}
         now = utcnow()
         units: list[MemoryUnit] = []
@@ -631,6 +660,37 @@ class MemoryStore:
             txn.ids = [u.id for u in units]
         return units
 
+    def pin(self, ids: list[str], pinned: bool = True) -> list[MemoryUnit]:
+        """Pin units (``pinned=False``: unpin them), in one commit (op ``pin`` or ``unpin``).
+
+        Pinned units are always in context: they make up their cube's
+        activation memory. Pinning is placement, not content: like access
+        counts, it changes neither ``version`` nor ``updated_at``. Every id
+        (or unique prefix) must name a unit before anything changes, and only
+        active units can be pinned. Units already in that state are left as
+        they are; returns the units changed, and when there are none makes no
+        commit and returns [].
+        """
+        if not isinstance(pinned, bool):
+            raise UsageError(f"bad pinned {pinned!r}: use true or false")
+        if not ids:
+            raise UsageError(f"give the ids of the memories to {'pin' if pinned else 'unpin'}")
+        found = {u.id: u for u in (self.get(uid) for uid in ids)}  # every id must exist, before anything changes
+        if pinned:
+            for unit in found.values():
+                if unit.status != "active":
+                    raise UsageError(f"{unit.id} is {unit.status}; only active memories can be pinned")
+        if all(u.pinned == pinned for u in found.values()):
+            return []
+        op = "pin" if pinned else "unpin"
+        with self.transaction(op, cube=",".join(sorted({u.cube for u in found.values()}))) as txn:
+            units = [u for u in self._units_by_id(list(found)) if u.pinned != pinned]  # as of now, under the lock
+            for unit in units:
+                unit.pinned = pinned
+            self.save(txn, units)
+            txn.ids = [u.id for u in units]
+        return units
+
     def rollback(self, rev: str) -> dict[str, Any]:
         """A new commit that puts every unit back as it was at ``rev``; history is kept."""
         from .sync import attach_vectors
@@ -702,6 +762,11 @@ class MemoryStore:
             found.update({u.id: u for u in self.table.units("id IN (" + ",".join(_q(i) for i in chunk) + ")")})
         return [found[i] for i in ids if i in found]
 
+    def get_many(self, ids: list[str]) -> list[MemoryUnit]:
+        """The units with these full ids that exist, in the order given (no prefixes, no errors)."""
+        self._ensure_current()
+        return self._with_pending(self._units_by_id(ids)) if ids and self.table.exists() else []
+
     def get(self, uid: str) -> MemoryUnit:
         """A unit by id or by a unique prefix of at least 4 characters."""
         uid = uid.strip().lower()
@@ -724,7 +789,8 @@ class MemoryStore:
 
         where = (filters or Filters()).sql()
         self._ensure_current()
-        rows = self.table.select(where, columns=row_columns(), limit=limit or None, newest_first=True).to_pylist()
+        columns = self.table.present(row_columns())  # a table not yet rebuilt (a read-only store) may lack some
+        rows = self.table.select(where, columns=columns, limit=limit or None, newest_first=True).to_pylist()
         return self._with_pending([from_row(r) for r in rows])
 
     def _with_pending(self, units: list[MemoryUnit]) -> list[MemoryUnit]:
@@ -780,6 +846,7 @@ class MemoryStore:
             for name, values in cols.items():
                 for value in values:
                     counts[name][value] = counts[name].get(value, 0) + 1
+        pinned = self.table.count("pinned = true AND status = 'active'") if self.table.present(["pinned"]) else 0
         commits = int(self.repo.git.rev_list("--count", "HEAD")) if self.repo.head() else 0
         return {
             "store": str(self.root),
@@ -787,6 +854,7 @@ class MemoryStore:
             "by_kind": dict(sorted(counts["kind"].items())),
             "by_status": dict(sorted(counts["status"].items())),
             "by_cube": dict(sorted(counts["cube"].items())),
+            "pinned": pinned,  # active units
             "commits": commits,
             "fragments": self.table.fragments(),
             "pending_accesses": sum(n for n, _ in self.pending_access().values()),

@@ -9,9 +9,10 @@ date under the store's lock:
 
 - when the marker's commit still exists: only the units whose files differ
   between it and HEAD are read, re-embedded if their text changed, and written;
-- otherwise (no table, no marker, rewritten history): the table is rebuilt
-  from every unit file, reusing the vectors of units whose text and model are
-  unchanged, so only new text is embedded.
+- otherwise (no table, no marker, rewritten history, or a table of an older
+  format, ``table.TABLE_FORMAT``): the table is rebuilt from every unit file,
+  reusing the vectors of units whose text and model are unchanged, so only new
+  text is embedded.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from . import files
-from .table import sql_str
+from .table import TABLE_FORMAT, sql_str
 from .units import MemoryUnit
 
 if TYPE_CHECKING:
@@ -32,17 +33,20 @@ Progress = Callable[[int, int], None]
 def is_current(store: MemoryStore) -> bool:
     from .repo import read_head
 
-    return store.table.marker().get("head") == read_head(store.root)
+    marker = store.table.marker()
+    return marker.get("format") == TABLE_FORMAT and marker.get("head") == read_head(store.root)
 
 
 def sync(store: MemoryStore, progress: Progress | None = None) -> str | None:
     """Bring the table to HEAD (the caller holds the lock); returns what was done, or None."""
     head = store.repo.head()
     table = store.table
-    marked = table.marker().get("head")
-    if marked == head and (table.exists() or not store.repo.files(head or "HEAD", files.UNITS_DIR)):
+    marker = table.marker()
+    marked = marker.get("head")
+    current = marker.get("format") == TABLE_FORMAT  # else its rows lack columns: rebuild
+    if current and marked == head and (table.exists() or not store.repo.files(head or "HEAD", files.UNITS_DIR)):
         return None
-    if marked and table.exists() and _known(store, marked):
+    if current and marked and table.exists() and _known(store, marked):
         changes = store.repo.changed(marked, head or "HEAD", files.UNITS_DIR)
         upsert = [path for status, path in changes if status != "D" and files.id_of(path)]
         removed = [uid for status, path in changes if status == "D" and (uid := files.id_of(path))]
@@ -52,9 +56,12 @@ def sync(store: MemoryStore, progress: Progress | None = None) -> str | None:
         return f"brought the search table up to date with {len(units) + len(removed)} changed units"
     paths = [p for p in store.repo.files(head or "HEAD", files.UNITS_DIR) if files.id_of(p)]
     units = files.read_at(store.repo, head or "HEAD", paths)
+    older = bool(marker) and not current and table.exists()
     rebuild(store, units, progress)
     table.mark(head)
-    return f"rebuilt the search table from {len(units)} unit files" if units else None
+    if not units:
+        return None
+    return f"rebuilt the search table{' in its new format' if older else ''} from {len(units)} unit files"
 
 
 def _known(store: MemoryStore, sha: str) -> bool:

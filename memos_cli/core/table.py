@@ -39,6 +39,11 @@ from .units import MemoryUnit  # noqa: E402
 
 TABLE = "units"
 MARKER = "synced.json"
+# Version of the table's layout, recorded in the marker. A table of another
+# format (or a marker without one) is stale whatever commit it names: the next
+# command rebuilds it from the unit files, reusing its vectors.
+# 1 (no "format" in the marker): no ``pinned`` column; 2: ``pinned``.
+TABLE_FORMAT = 2
 FTS_INDEX = "text_idx"
 _TS = pa.timestamp("us", tz="UTC")
 T = TypeVar("T")
@@ -73,6 +78,7 @@ def schema(dim: int) -> pa.Schema:
             pa.field("access_count", pa.int64()),
             *[pa.field(name, _TS) for name in TIME_FIELDS[5:]],
             pa.field("status", pa.string()),
+            pa.field("pinned", pa.bool_()),
             pa.field("version", pa.int32()),
             pa.field("supersedes", pa.string()),
             pa.field("model", pa.string()),
@@ -118,6 +124,7 @@ def from_row(row: dict[str, Any]) -> MemoryUnit:
         last_accessed=row.get("last_accessed"),
         expires_at=row.get("expires_at"),
         status=row.get("status") or "active",
+        pinned=bool(row.get("pinned") or False),  # a format-1 table has no such column
         version=int(row.get("version") or 1),
         supersedes=row.get("supersedes"),
         model=row.get("model") or "",
@@ -151,7 +158,8 @@ class UnitTable:
         return int(self.ds.version) if self.exists() else None
 
     def marker(self) -> dict[str, Any]:
-        """What the table reflects: ``{"head": commit, "version": table version}``, or {}."""
+        """What the table reflects: ``{"head": commit, "version": table version, "format": TABLE_FORMAT}``,
+        or {}."""
         try:
             data = json.loads((self.dir / MARKER).read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -159,10 +167,11 @@ class UnitTable:
         return data if isinstance(data, dict) else {}
 
     def mark(self, head: str | None) -> None:
-        """Record that the table now reflects commit ``head``."""
+        """Record that the table now reflects commit ``head``, in the current format."""
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.dir / f".{MARKER}.tmp"
-        tmp.write_text(json.dumps({"head": head, "version": self.version}), encoding="utf-8")
+        tmp.write_text(json.dumps({"head": head, "version": self.version, "format": TABLE_FORMAT}),
+                       encoding="utf-8")
         os.replace(tmp, self.dir / MARKER)
 
     def unmark(self) -> None:
@@ -269,6 +278,13 @@ class UnitTable:
             chunk = ids[start : start + 500]
             self.table.delete("id IN (" + ",".join(sql_str(i) for i in chunk) + ")")
         self._changed()
+
+    def present(self, columns: list[str]) -> list[str]:
+        """Those of these columns the table has (a table of an older format may lack some)."""
+        if not self.exists():
+            return columns
+        names = set(self.read(lambda ds: ds.schema.names))
+        return [c for c in columns if c in names]
 
     def count(self, where: str | None = None) -> int:
         if not self.exists():

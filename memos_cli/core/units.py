@@ -3,7 +3,8 @@
 A unit is one remembered thing (a fact, a preference, an episode, a note)
 with the MemOS metadata header: provenance (``sources``), versioning
 (``version``, ``supersedes``), lifecycle (``status``, ``expires_at``,
-``valid_from``/``valid_to``), priority (``importance``) and usage
+``valid_from``/``valid_to``), priority (``importance``), placement
+(``pinned``: always in context, in its cube's activation memory) and usage
 (``access_count``, ``last_accessed``).
 """
 
@@ -175,6 +176,12 @@ def check_importance(value: object) -> float:
     return float(value)
 
 
+def check_pinned(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise UsageError(f"bad pinned {value!r}: use true or false")
+    return value
+
+
 @dataclass
 class MemoryUnit:
     """One plaintext memory unit, as stored in the ``units`` table."""
@@ -197,6 +204,7 @@ class MemoryUnit:
     last_accessed: datetime | None = None
     expires_at: datetime | None = None
     status: str = "active"
+    pinned: bool = False  # placement, not content: pinning changes neither version nor updated_at
     version: int = 1
     supersedes: str | None = None
     model: str = ""
@@ -261,6 +269,7 @@ class MemoryUnit:
             importance=check_importance(importance),
             access_count=count,
             status=status,
+            pinned=check_pinned(data.get("pinned", False)),
             version=version,
             supersedes=supersedes,
             model=str(data.get("model") or ""),
@@ -313,6 +322,7 @@ def build_unit(
     time: object = None,
     ttl: object = None,
     importance: object = 0.5,
+    pinned: object = False,
     now: datetime | None = None,
 ) -> MemoryUnit:
     """Validate raw input (from flags or a JSON line) into a new unit.
@@ -347,4 +357,5 @@ def build_unit(
         valid_from=when or now,
         importance=check_importance(importance if importance is not None else 0.5),
         expires_at=expires,
+        pinned=check_pinned(pinned if pinned is not None else False),
     )

@@ -12,8 +12,6 @@ roughly 3x the throughput of ``Llama.embed`` with its 512-token batches.
 
 from __future__ import annotations
 
-import ctypes
-import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +21,7 @@ import numpy as np
 
 from memos_cli.core.errors import ModelError
 from memos_cli.models import registry
+from memos_cli.models.runtime import default_threads, import_llama_cpp, silence_llama_logs
 
 # Tokens packed into one decode call. Measured on 2 cores with ~26-token
 # sentences and flash attention: 128-256 is the sweet spot, 2048 is 3x slower.
@@ -35,41 +34,6 @@ _FLASH_ATTN = True
 # anything beyond is cut unseen (a WordPiece token rarely spans more than a
 # long word), which keeps a megabyte-sized input from being tokenised whole.
 _CHARS_PER_TOKEN_LIMIT = 128
-
-_log_callback: Any = None  # the no-op llama.cpp log callback; must stay referenced
-_log_lock = threading.Lock()
-
-
-def _silence_llama_logs() -> None:
-    """Route llama.cpp/ggml logging to a no-op, once per process."""
-    global _log_callback
-    with _log_lock:
-        if _log_callback is not None:
-            return
-        llama_cpp = _import_llama_cpp()
-
-        @llama_cpp.llama_log_callback
-        def _ignore(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-            return None
-
-        llama_cpp.llama_log_set(_ignore, ctypes.c_void_p(0))
-        _log_callback = _ignore
-
-
-def _import_llama_cpp() -> Any:
-    try:
-        import llama_cpp
-    except ImportError:
-        raise ModelError("llama-cpp-python is not installed; install it with: pip install llama-cpp-python") from None
-    return llama_cpp
-
-
-def _default_threads() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
 
 def _context_size(n_ctx: int) -> int:
     # llama.cpp (0.3.36) aborts the process in graph reservation for some
@@ -96,12 +60,12 @@ class Embedder:
         if not registry.is_gguf(path):
             raise ModelError(f"not a GGUF model file: {path}")
 
-        _silence_llama_logs()
-        llama_cpp = _import_llama_cpp()
+        silence_llama_logs()
+        llama_cpp = import_llama_cpp()
 
         self._llama_cpp = llama_cpp
         self._lock = threading.Lock()
-        threads = n_threads or _default_threads()
+        threads = n_threads or default_threads()
         size = _context_size(n_ctx)
 
         # The model's own pooling (MEAN for all-MiniLM-L6-v2) if it declares

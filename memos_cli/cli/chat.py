@@ -1,0 +1,235 @@
+"""``memos chat``: talk to a local model that remembers."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Annotated, Any
+
+import typer
+
+from ..core.errors import MemosError, UsageError
+from .app import app
+from .common import open_store, print_json, read_source, say_notices
+from .read import KindF, SinceF, TagF, UntilF, _filters
+
+HELP = """\
+/memories   what this turn recalled, and the memory block in the head
+/forget ID  forget a memory (it stays out of recall from now on)
+/help       this list
+/quit       leave (Ctrl-D does too); Ctrl-C stops an answer, which is then not saved"""
+
+
+@app.command()
+def chat(
+    ctx: typer.Context,
+    question: Annotated[list[str] | None, typer.Argument(
+        help="Ask once and print only the answer; without it, reads stdin or starts a session.",
+        metavar="QUESTION", show_default=False)] = None,
+    cube: Annotated[str, typer.Option("--cube", metavar="CUBE", help="The cube to recall from and save to.")] = "default",
+    user: Annotated[str | None, typer.Option("--user", metavar="USER", help="Saved turns' user (default: $MEMOS_USER).")] = None,
+    kind: KindF = None, tag: TagF = None, since: SinceF = None, until: UntilF = None,
+    k: Annotated[int, typer.Option("-k", metavar="N", help="Memories recalled per turn.", min=1, max=100)] = 8,
+    budget: Annotated[int, typer.Option("--budget", metavar="TOKENS",
+                                        help="Tokens of recalled memories per turn.", min=0)] = 1024,
+    model: Annotated[str | None, typer.Option("--model", metavar="GGUF",
+                                              help="A GGUF chat model (default: [chat] model in memos.toml, "
+                                                   "else Gemma 3 270M).")] = None,
+    n_ctx: Annotated[int | None, typer.Option("--ctx", metavar="TOKENS",
+                                              help="Context size (default: [chat] ctx, else 8192).", min=256)] = None,
+    temperature: Annotated[float, typer.Option("--temperature", metavar="T", help="0 decodes greedily.",
+                                               min=0.0, max=2.0)] = 0.7,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", metavar="N", help="Longest answer.", min=1)] = 256,
+    seed: Annotated[int | None, typer.Option("--seed", metavar="N", help="Sampling seed, for repeatable answers.")] = None,
+    no_kv: Annotated[bool, typer.Option("--no-kv",
+                                        help="Prefill the memory block instead of loading its saved KV cache.")] = False,
+    kv: Annotated[str | None, typer.Option("--kv", metavar="ID",
+                                           help="Use this activation memory (see `memos kv list`).")] = None,
+    rebuild: Annotated[bool, typer.Option("--rebuild", help="Rebuild a stale activation memory before using it.")] = False,
+    no_save: Annotated[bool, typer.Option("--no-save", help="Keep nothing: turns are not saved as episodes.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the answer, memories used and timings as JSON.")] = False,
+) -> None:
+    """Chat with a local model that recalls your memories; each turn is saved as an episode.
+
+    Each turn recalls the best memories of the cube, puts them in the prompt
+    after the cube's memory block (its pinned memories, loaded from a saved
+    KV cache when one is current: see `memos kv build`), answers, and saves the
+    exchange as an `episode` unit (one commit per turn).
+
+    Examples:
+
+      memos chat
+
+      memos chat "what does Alice drink?"
+
+      echo "summarise what I know about Lisbon" | memos chat --json
+
+      memos chat "when is the deadline?" --cube work --temperature 0 --no-save
+    """
+    from ..core.chat import ChatOptions
+
+    if question:
+        text: str | None = " ".join(question)
+        if not text.strip():
+            raise UsageError("the question is empty")
+    elif not sys.stdin.isatty():
+        text = read_source("-", "question").strip()
+        if not text:
+            raise UsageError("nothing to ask: stdin is empty")
+    else:
+        text = None
+        if json_out:
+            raise UsageError("--json needs a question (as an argument or on stdin)")
+    filters = _filters(kind, tag, None, None, since, until)
+    options = ChatOptions(cube=cube, user=user, filters=filters, k=k, budget=budget, temperature=temperature,
+                          max_tokens=max_tokens, seed=seed, use_kv=not no_kv, kv_id=kv, rebuild=rebuild,
+                          save=not no_save, keep_head=text is None)
+    session, timings = _start(ctx, options, model, n_ctx)
+    if text is None:
+        _interactive(session)
+        return
+    for piece in session.ask(text):
+        if not json_out:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    turn = session.last
+    assert turn is not None
+    if not json_out:
+        sys.stdout.write("\n")
+        return
+    timings["ttft_s"] = session.head.seconds + turn.timings["first_token_s"]
+    timings["total_s"] = time.perf_counter() - timings.pop("_started")
+    print_json({
+        "answer": turn.answer,
+        "memories": [{"id": u.id, "text": u.text} for u in turn.memories],
+        "session": session.id,
+        "saved": turn.saved,
+        "head": session.head.to_json(),
+        "model": session.generator.identity.to_json(),
+        "tokens": turn.tokens,
+        "prompt_tokens": turn.prompt_tokens,
+        "timings": {**{k: round(v, 4) for k, v in timings.items()}, **turn.to_json()["timings"]},
+    })
+
+
+def _start(ctx: typer.Context, options: Any, model: str | None, n_ctx: int | None) -> tuple[Any, dict[str, float]]:
+    """Load the model, open (or create) the store, and put the session's head in context."""
+    from ..core.chat import ChatSession, chat_settings
+    from ..models.generator import load_generator
+
+    started = time.perf_counter()
+    store = open_store(ctx)
+    spec, size = chat_settings(store, model, n_ctx)
+    generator = load_generator(spec, n_ctx=size)
+    if not store.exists():
+        store.init()
+    store.recover()
+    # Loaded here, not in a background thread: llama-cpp-python points stdout and
+    # stderr at /dev/null while it loads a model, which would swallow what this
+    # thread prints meanwhile.
+    store.embedder  # noqa: B018
+    loaded = time.perf_counter()
+    session = ChatSession(store, generator, options)
+    say_notices(store)
+    for notice in session.notices:
+        print(f"memos: {notice}", file=sys.stderr)
+    return session, {"_started": started, "model_load_s": loaded - started, "head_s": session.head.seconds}
+
+
+def _interactive(session: Any) -> None:
+    """A read-eval-print loop with line editing and history (readline)."""
+    _setup_readline()
+    head = session.head
+    where = f"activation memory {head.activation}" if head.source == "kv" else "prefilled"
+    print(f"memos chat: {session.generator.identity.name}, cube {session.options.cube}, "
+          f"memory block of {len(head.units)} units ({len(head.tokens)} tokens, {where}). /help for commands.",
+          file=sys.stderr)
+    while True:
+        try:
+            line = input("you> ").strip()
+        except EOFError:
+            print(file=sys.stderr)
+            return
+        except KeyboardInterrupt:
+            print(file=sys.stderr)
+            continue
+        if not line:
+            continue
+        if line.startswith("/"):
+            if _command(session, line):
+                return
+            continue
+        try:
+            for piece in session.ask(line):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+        except KeyboardInterrupt:
+            print("\n(interrupted: this turn is not saved)", file=sys.stderr)
+        except MemosError as exc:
+            print(f"memos: error: {exc}", file=sys.stderr)
+        say_notices(session.store)
+
+
+def _command(session: Any, line: str) -> bool:
+    """Run a /command; True to leave."""
+    name, _, arg = line.partition(" ")
+    if name in ("/quit", "/exit", "/q"):
+        return True
+    if name == "/help":
+        print(HELP, file=sys.stderr)
+    elif name == "/memories":
+        turn = session.last
+        if turn is None:
+            print("no turn yet", file=sys.stderr)
+        else:
+            for unit in turn.memories:
+                print(f"  {unit.id}  {' '.join(unit.text.split())[:100]}", file=sys.stderr)
+            if not turn.memories:
+                print("  (nothing recalled fit the budget)", file=sys.stderr)
+        print(f"memory block: {len(session.head.units)} units, {len(session.head.tokens)} tokens", file=sys.stderr)
+    elif name == "/forget":
+        if not arg.strip():
+            print("usage: /forget ID", file=sys.stderr)
+            return False
+        try:
+            gone = session.store.forget(arg.split())
+        except MemosError as exc:
+            print(f"memos: error: {exc}", file=sys.stderr)
+            return False
+        for unit in gone:
+            kept = " (it stays in this session's memory block)" if unit.id in session.head.units else ""
+            print(f"forgot {unit.id}{kept}", file=sys.stderr)
+        if not gone:
+            print("already forgotten", file=sys.stderr)
+    else:
+        print(f"unknown command {name}; /help lists them", file=sys.stderr)
+    return False
+
+
+def _setup_readline() -> None:
+    try:
+        import readline
+    except ImportError:  # not on every platform; input() still works
+        return
+    import atexit
+
+    from ..models.registry import cache_dir
+
+    try:
+        path = cache_dir() / "chat_history"
+    except MemosError:
+        return
+    try:
+        readline.read_history_file(path)
+    except OSError:
+        pass
+    readline.set_history_length(1000)
+    atexit.register(lambda: _save_history(readline, path))
+
+
+def _save_history(readline: Any, path: Any) -> None:
+    try:
+        readline.write_history_file(path)
+    except OSError:
+        pass

@@ -1,0 +1,444 @@
+"""Activation memory: a block of memory prefilled on a chat model, its KV state
+saved so that a chat starts without reading that block again.
+
+An *activation* is built from a selection of a cube's units (the pinned ones,
+the hottest N, or the results of a query), rendered into the chat's head
+(``prompt.head_text``), prefilled, and saved as a content-addressed
+safetensors file (``models.kvcache``). Its record, a row of the LanceDB table
+``tables/kv/activations.lance``, points to the file by sha256 and says what it
+was built from: the model's identity, the units' ids and versions, the tokens.
+
+Caches are derived data like the search table: large (about 7 KB a token on
+Gemma 3 270M), model-specific and rebuildable, so they live in ``tables/``,
+which git ignores, and never grow history. Building one changes no memory and
+makes no commit; it takes the store's lock only to write the file and record.
+
+A cache is loaded only when it is *current*: built for the same model file
+and context size, from units that have not changed since (same versions,
+still active; for ``--pinned``, still exactly the pinned set), with the same
+head tokens. Anything else is stale, and chat prefills instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import NotFoundError, StoreError, UsageError
+from .units import MemoryUnit, iso, new_id, utcnow
+
+if TYPE_CHECKING:
+    from memos_cli.models.generator import Generator, ModelIdentity
+    from memos_cli.models.kvcache import KVFile
+
+    from .store import MemoryStore
+
+KV_DIR = "kv"  # under the store's tables/ directory
+TABLE = "activations.lance"
+ANSWER_ROOM = 128  # tokens a head must leave free in the context for a question and an answer
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which units a block of memory holds: the pinned ones, the ``top`` N by heat, or a query's ``k`` results."""
+
+    pinned: bool = False
+    top: int | None = None
+    query: str | None = None
+    k: int = 10
+
+    def __post_init__(self) -> None:
+        chosen = sum([self.pinned, self.top is not None, self.query is not None])
+        if chosen != 1:
+            raise UsageError("choose one of --pinned, --top N or --query TEXT")
+        if self.top is not None and not 1 <= self.top <= 10_000:
+            raise UsageError(f"bad --top {self.top}: use a whole number from 1 to 10000")
+        if self.query is not None and not self.query.strip():
+            raise UsageError("the query is empty")
+        if not 1 <= self.k <= 1000:
+            raise UsageError(f"bad -k {self.k}: use a whole number from 1 to 1000")
+
+    def to_json(self) -> dict[str, Any]:
+        if self.pinned:
+            return {"pinned": True}
+        if self.top is not None:
+            return {"top": self.top}
+        return {"query": self.query, "k": self.k}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Selection:
+        return cls(pinned=bool(data.get("pinned")), top=data.get("top"), query=data.get("query"), k=int(data.get("k", 10)))
+
+    def describe(self) -> str:
+        if self.pinned:
+            return "pinned"
+        if self.top is not None:
+            return f"top {self.top} by heat"
+        return f"query {self.query!r} (k={self.k})"
+
+
+@dataclass
+class Activation:
+    """The record of one saved activation memory."""
+
+    id: str
+    cube: str
+    selection: Selection
+    sources: list[dict[str, Any]]  # [{"id": ..., "version": ...}] in head order
+    sha256: str
+    bytes: int
+    n_tokens: int
+    model: dict[str, Any]  # ModelIdentity without the path
+    created_at: datetime
+    build_seconds: float = 0.0
+    preamble: str = ""
+    status: str = ""  # filled in by ``assess``: current, stale, missing, other model
+    reason: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self, with_preamble: bool = False) -> dict[str, Any]:
+        out = {
+            "id": self.id,
+            "cube": self.cube,
+            "selection": self.selection.to_json(),
+            "units": self.sources,
+            "sha256": self.sha256,
+            "bytes": self.bytes,
+            "n_tokens": self.n_tokens,
+            "bytes_per_token": round(self.bytes / self.n_tokens, 1) if self.n_tokens else None,
+            "model": self.model,
+            "created_at": iso(self.created_at),
+            "build_seconds": round(self.build_seconds, 3),
+            "status": self.status,
+            "reason": self.reason,
+        }
+        if with_preamble:
+            out["preamble"] = self.preamble
+        return out
+
+    def matches(self, identity: ModelIdentity) -> bool:
+        return self.model.get("sha256") == identity.sha256 and self.model.get("n_ctx") == identity.n_ctx
+
+
+def model_label(model: dict[str, Any]) -> str:
+    return f"{model.get('name', '?')} ({str(model.get('sha256', ''))[:12]}, ctx {model.get('n_ctx', '?')})"
+
+
+# ---- the records table --------------------------------------------------------
+
+
+def kv_dir(store: MemoryStore) -> Path:
+    from .store import TABLES_DIR
+
+    return store.root / TABLES_DIR / KV_DIR
+
+
+def _schema() -> Any:
+    import pyarrow as pa
+
+    return pa.schema([
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("cube", pa.string()),
+        pa.field("selection", pa.string()),  # JSON
+        pa.field("sources", pa.string()),  # JSON
+        pa.field("sha256", pa.string()),
+        pa.field("bytes", pa.int64()),
+        pa.field("n_tokens", pa.int32()),
+        pa.field("model", pa.string()),  # JSON
+        pa.field("created_at", pa.timestamp("us", tz="UTC")),
+        pa.field("build_seconds", pa.float64()),
+        pa.field("preamble", pa.string()),
+    ])
+
+
+def records(store: MemoryStore, cube: str | None = None) -> list[Activation]:
+    """Every activation record (of ``cube``), newest first."""
+    path = kv_dir(store) / TABLE
+    if not (path / "_versions").is_dir():
+        return []
+    import lance
+
+    rows = lance.dataset(str(path)).to_table().to_pylist()
+    out = [
+        Activation(
+            id=r["id"], cube=r["cube"], selection=Selection.from_json(json.loads(r["selection"])),
+            sources=json.loads(r["sources"]), sha256=r["sha256"], bytes=int(r["bytes"]), n_tokens=int(r["n_tokens"]),
+            model=json.loads(r["model"]), created_at=r["created_at"], build_seconds=float(r["build_seconds"] or 0.0),
+            preamble=r["preamble"] or "",
+        )
+        for r in rows
+        if cube is None or r["cube"] == cube
+    ]
+    return sorted(out, key=lambda a: a.id, reverse=True)
+
+
+def get(store: MemoryStore, ident: str) -> Activation:
+    """A record by id or unique prefix (4 characters or more)."""
+    ident = ident.strip().lower()
+    found = [a for a in records(store) if len(ident) >= 4 and a.id.startswith(ident)]
+    exact = [a for a in found if a.id == ident]
+    if exact:
+        return exact[0]
+    if not found:
+        raise NotFoundError(f"no activation memory with id {ident!r} (see `memos kv list`)")
+    if len(found) > 1:
+        raise UsageError(f"id prefix {ident!r} is ambiguous; give more characters")
+    return found[0]
+
+
+def _write_rows(store: MemoryStore, keep: list[Activation]) -> None:
+    """Rewrite the (small) records table with these rows (the caller holds the lock)."""
+    import lance
+    import pyarrow as pa
+
+    rows = {name: [] for name in _schema().names}  # type: dict[str, list[Any]]
+    for a in keep:
+        rows["id"].append(a.id)
+        rows["cube"].append(a.cube)
+        rows["selection"].append(json.dumps(a.selection.to_json()))
+        rows["sources"].append(json.dumps(a.sources))
+        rows["sha256"].append(a.sha256)
+        rows["bytes"].append(a.bytes)
+        rows["n_tokens"].append(a.n_tokens)
+        rows["model"].append(json.dumps(a.model))
+        rows["created_at"].append(a.created_at)
+        rows["build_seconds"].append(a.build_seconds)
+        rows["preamble"].append(a.preamble)
+    path = kv_dir(store) / TABLE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds = lance.write_dataset(pa.table(rows, schema=_schema()), str(path), mode="overwrite")
+    ds.cleanup_old_versions(older_than=_zero(), delete_unverified=True)
+
+
+def _zero() -> Any:
+    from datetime import timedelta
+
+    return timedelta(0)
+
+
+def _remove_unreferenced(store: MemoryStore, keep: list[Activation], shas: set[str]) -> None:
+    from memos_cli.models.kvcache import file_name
+
+    wanted = {a.sha256 for a in keep}
+    for sha in shas - wanted:
+        (kv_dir(store) / file_name(sha)).unlink(missing_ok=True)
+
+
+def remove(store: MemoryStore, ids: list[str]) -> list[Activation]:
+    """Delete these records, and their files when no other record uses them."""
+    with store.locked():
+        current = records(store)
+        gone = [a for a in current if a.id in set(ids)]
+        keep = [a for a in current if a.id not in set(ids)]
+        _write_rows(store, keep)
+        _remove_unreferenced(store, keep, {a.sha256 for a in gone})
+    return gone
+
+
+def drop_for_units(store: MemoryStore, ids: set[str]) -> list[Activation]:
+    """Delete the activation memories built from any of these units, with their files
+    (purge: a cache holds its units' text). The caller holds the lock."""
+    current = records(store)
+    gone = [a for a in current if any(s["id"] in ids for s in a.sources)]
+    if gone:
+        keep = [a for a in current if a not in gone]
+        _write_rows(store, keep)
+        _remove_unreferenced(store, keep, {a.sha256 for a in gone})
+    return gone
+
+
+# ---- building -----------------------------------------------------------------
+
+
+def select_units(store: MemoryStore, cube: str, selection: Selection) -> list[MemoryUnit]:
+    """The units a selection holds now, in head order."""
+    from .heat import hottest
+    from .retrieval import Filters
+
+    now = utcnow()
+    if selection.query is not None:
+        return [h.unit for h in store.recall(selection.query, selection.k, Filters(cube=cube))]
+    live = [u for u in store.list(Filters(cube=cube, pinned=True if selection.pinned else None), limit=0)
+            if u.expires_at is None or u.expires_at > now]
+    if selection.pinned:
+        return sorted(live, key=lambda u: (u.time or u.created_at or now, u.id))
+    return hottest(live, selection.top or 0, now=now)
+
+
+def check_fits(n_tokens: int, n_ctx: int) -> None:
+    if n_tokens + ANSWER_ROOM > n_ctx:
+        raise UsageError(
+            f"the memory block is {n_tokens} tokens, too long for a context of {n_ctx} "
+            f"(it must leave {ANSWER_ROOM} for the question and answer): use --ctx, or fewer units"
+        )
+
+
+def build(store: MemoryStore, generator: Generator, cube: str, selection: Selection) -> Activation:
+    """Prefill a block of memory and save its KV state; replaces the cube's previous
+    activation of the same selection on the same model."""
+    import time
+
+    from memos_cli.models import kvcache
+
+    from .prompt import head_text
+
+    units = select_units(store, cube, selection)
+    if not units:
+        what = {True: "pinned memories"}.get(selection.pinned, "memories")
+        raise UsageError(f"no {what} in cube {cube!r} to build an activation memory from"
+                         + (" (pin some with `memos pin ID`)" if selection.pinned else ""))
+    text = head_text(units)
+    tokens = generator.tokenize(text, head=True)
+    check_fits(len(tokens), generator.n_ctx)
+    started = time.perf_counter()
+    generator.prefill(tokens)
+    state = generator.save_state()
+    identity = {k: v for k, v in generator.identity.to_json().items() if k != "path"}
+    sources = [{"id": u.id, "version": u.version} for u in units]
+    record = Activation(
+        id=new_id(), cube=cube, selection=selection, sources=sources, sha256="", bytes=0,
+        n_tokens=len(tokens), model=identity, created_at=utcnow(), preamble=text,
+    )
+    meta = {"model": identity, "units": sources, "cube": cube, "selection": selection.to_json(),
+            "created_at": iso(record.created_at), "activation": record.id}
+    with store.locked():
+        why = changed_sources(store, cube, selection, sources)  # a write while this one prefilled
+        if why:
+            raise StoreError(f"the memory changed while the block was prefilled ({why}); nothing was saved, build again")
+        record.sha256, record.bytes, _ = kvcache.write(kv_dir(store), state, tokens, meta)
+        record.build_seconds = time.perf_counter() - started
+        current = records(store)
+        replaced = [a for a in current if a.cube == cube and a.selection == selection and a.model == identity]
+        keep = [a for a in current if a not in replaced] + [record]
+        _write_rows(store, keep)
+        _remove_unreferenced(store, keep, {a.sha256 for a in replaced})
+    record.extra["replaced"] = [a.id for a in replaced]
+    return assess(store, record, generator.identity)
+
+
+# ---- is it usable? ------------------------------------------------------------------
+
+
+def assess(store: MemoryStore, record: Activation, identity: ModelIdentity | None = None) -> Activation:
+    """Fill in ``record.status`` and ``record.reason``.
+
+    ``missing`` (no file), ``other model`` (built for another model file or
+    context size than ``identity``), ``stale`` (a source unit changed, is gone
+    or no longer active; for a pinned block, the pinned set changed), or
+    ``current``. Damage (a bad hash) is found when the file is read.
+    """
+    from memos_cli.models.kvcache import file_name
+
+    record.status, record.reason = "current", ""
+    if not (kv_dir(store) / file_name(record.sha256)).is_file():
+        record.status, record.reason = "missing", "its cache file is missing"
+        return record
+    if identity is not None and not record.matches(identity):
+        record.status = "other model"
+        record.reason = f"built for {model_label(record.model)}, not {model_label(identity.to_json())}"
+        return record
+    why = changed_sources(store, record.cube, record.selection, record.sources)
+    if why:
+        record.status, record.reason = "stale", why
+    return record
+
+
+def changed_sources(store: MemoryStore, cube: str, selection: Selection, sources: list[dict[str, Any]]) -> str | None:
+    """How the units a block was built from differ from the store now, or None."""
+    from .retrieval import Filters
+
+    now = {u.id: u for u in store.get_many([s["id"] for s in sources])}
+    for source in sources:
+        unit = now.get(source["id"])
+        if unit is None:
+            return f"unit {source['id']} is gone"
+        if unit.status != "active":
+            return f"unit {unit.id} is {unit.status}"
+        if unit.version != source["version"]:
+            return f"unit {unit.id} changed (version {source['version']} -> {unit.version})"
+    if selection.pinned:
+        pinned = {u.id for u in store.list(Filters(cube=cube, pinned=True), limit=0)}
+        if pinned != {s["id"] for s in sources}:
+            return "the cube's pinned memories changed"
+    return None
+
+
+def load(store: MemoryStore, record: Activation, generator: Generator, head_tokens: list[int]) -> KVFile:
+    """Read, verify and restore a cache into ``generator``; ``CacheError`` says why not.
+
+    The file must hash to its name, name this model in its metadata, and hold
+    exactly ``head_tokens`` (the head as it renders now).
+    """
+    from memos_cli.models import kvcache
+
+    kv = kvcache.read(kv_dir(store), record.sha256)
+    model = kv.meta.get("model") or {}
+    if model.get("sha256") != generator.identity.sha256 or model.get("n_ctx") != generator.n_ctx:
+        raise kvcache.CacheError(f"cache file {kv.sha256[:12]} was built for {model_label(model)}")
+    if kv.tokens != head_tokens:
+        raise kvcache.CacheError(f"cache file {kv.sha256[:12]} holds other tokens than the memory block renders to now")
+    generator.load_state(kv.state, kv.tokens)
+    return kv
+
+
+# ---- check ------------------------------------------------------------------------------
+
+
+@dataclass
+class CacheProblem:
+    kind: str  # missing, damaged, orphaned
+    message: str
+    path: Path | None = None  # the file to remove on repair
+    record: str | None = None  # the record to drop on repair
+
+
+def problems(store: MemoryStore, *, verify: bool = True) -> list[CacheProblem]:
+    """Each missing, damaged or orphaned cache file.
+
+    ``verify`` reads every file and checks its hash (about 0.1 s per 50 MB).
+    """
+    from memos_cli.models import kvcache
+
+    directory = kv_dir(store)
+    found: list[CacheProblem] = []
+    recs = records(store)
+    referenced = {a.sha256 for a in recs}
+    for a in recs:
+        path = directory / kvcache.file_name(a.sha256)
+        where = f"activation memory {a.id} (cube {a.cube})"
+        if not path.is_file():
+            found.append(CacheProblem("missing", f"{where}: cache file {path.name} is missing", record=a.id))
+        elif verify and (why := kvcache.verify(path)):
+            found.append(CacheProblem("damaged", f"{where}: {why}", path, a.id))
+    if directory.is_dir():
+        for entry in sorted(os.listdir(directory)):
+            path = directory / entry
+            if entry.endswith(kvcache.SUFFIX) and entry.removesuffix(kvcache.SUFFIX) not in referenced:
+                found.append(CacheProblem("orphaned", f"cache file {entry} belongs to no activation memory", path))
+            elif entry.startswith(".kv-") and entry.endswith(".tmp"):
+                found.append(CacheProblem("orphaned", f"temporary file {entry} was left by an interrupted build", path))
+    return found
+
+
+def repair_locked(store: MemoryStore) -> list[str]:
+    """Remove orphaned files, and the records (and files) of missing or damaged caches;
+    the caller holds the store's lock. Returns what was done."""
+    done: list[str] = []
+    found = problems(store)
+    bad = {p.record for p in found if p.record}
+    if bad:
+        _write_rows(store, [a for a in records(store) if a.id not in bad])
+        done.append(f"dropped {len(bad)} activation memories whose cache was missing or damaged "
+                    "(rebuild them with `memos kv build`)")
+    for problem in found:
+        if problem.path is not None:
+            problem.path.unlink(missing_ok=True)
+    orphans = sum(1 for p in found if p.kind == "orphaned")
+    if orphans:
+        done.append(f"removed {orphans} orphaned cache files")
+    return done
+

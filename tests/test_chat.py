@@ -1,0 +1,295 @@
+"""`memos chat` and activation memory (`memos kv`), with the real Gemma 3 270M.
+
+Every test here loads the chat model (about a second) at least once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import assert_clean_failure, commit_count, git, head
+
+PINNED = [
+    "Alice lives in Lisbon and works as a marine biologist.",
+    "Bob drinks green tea every morning before his run.",
+    "The team's project deadline is the third of March.",
+]
+OTHER = ["Carol adopted a grey cat called Pixel.", "Dmitri is learning to play the cello."]
+Q = "Where does Alice live?"
+
+
+@pytest.fixture(scope="module")
+def chat_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Built once: three pinned memories, two others, and a kv cache of the pinned ones."""
+    from memos_cli.core.store import MemoryStore
+
+    root = tmp_path_factory.mktemp("chat") / "store"
+    store = MemoryStore(root)
+    for text in PINNED:
+        store.add(text, pinned=True)
+    for text in OTHER:
+        store.add(text)
+    done = subprocess.run([sys.executable, "-m", "memos_cli", "--store", str(root), "kv", "build"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return root
+
+
+@pytest.fixture
+def chat_store(chat_template: Path, tmp_path: Path) -> Path:
+    """A copy of the template store at ``tmp_path/store``, where the ``cli`` fixture works."""
+    root = tmp_path / "store"
+    shutil.copytree(chat_template, root, symlinks=True)
+    return root
+
+
+def ask(cli, *args: str) -> dict:
+    done = cli("chat", Q, "--temperature", "0", "--max-tokens", "24", "--json", *args)
+    assert done.returncode == 0, done.err
+    data = json.loads(done.out)
+    data["stderr"] = done.err
+    return data
+
+
+def kv_file(root: Path) -> Path:
+    files = sorted((root / "tables" / "kv").glob("*.safetensors"))
+    assert len(files) == 1, files
+    return files[0]
+
+
+def test_greedy_answer_is_the_same_with_and_without_the_cache(chat_store: Path, cli) -> None:
+    with_kv = ask(cli, "--no-save")
+    without = ask(cli, "--no-save", "--no-kv")
+    assert with_kv["head"]["source"] == "kv" and with_kv["head"]["kv_bytes"] > 0
+    assert without["head"]["source"] == "prefill"
+    assert with_kv["head"]["tokens"] == without["head"]["tokens"] > 30
+    assert with_kv["answer"] and with_kv["answer"] == without["answer"]
+    assert [m["id"] for m in with_kv["memories"]] == [m["id"] for m in without["memories"]]
+    # The head holds the pinned units; recall brings the others, never the head's again.
+    assert len(with_kv["head"]["units"]) == 3
+    assert not set(with_kv["head"]["units"]) & {m["id"] for m in with_kv["memories"]}
+    assert with_kv["stderr"] == "" and with_kv["saved"] is None
+
+
+def test_each_turn_is_saved_as_an_episode_in_one_commit(chat_store: Path, cli) -> None:
+    before = commit_count(chat_store)
+    data = ask(cli)
+    assert commit_count(chat_store) == before + 1
+    unit = json.loads(cli("show", data["saved"], "--json").out)
+    assert unit["kind"] == "episode" and unit["meta"]["session"] == data["session"]
+    assert unit["text"] == f"User: {Q}\nAssistant: {data['answer']}"
+    # --no-save keeps nothing.
+    ask(cli, "--no-save")
+    assert commit_count(chat_store) == before + 1
+    # The cache was not touched by chatting: loading never modifies it in place.
+    assert ask(cli, "--no-save")["head"]["source"] == "kv"
+
+
+def test_one_shot_prints_only_the_answer_and_reads_stdin(chat_store: Path, cli) -> None:
+    done = cli("chat", "--temperature", "0", "--max-tokens", "24", "--no-save", input=Q + "\n")
+    assert done.returncode == 0 and done.err == ""
+    assert done.out.strip() == ask(cli, "--no-save")["answer"]
+
+
+def test_a_changed_unit_makes_the_cache_stale_and_rebuild_replaces_it(chat_store: Path, cli) -> None:
+    pinned = json.loads(cli("list", "--pinned", "--json").out)
+    assert cli("edit", pinned[0]["id"], "--text", "Alice moved to Porto last spring.").returncode == 0
+    listed = json.loads(cli("kv", "list", "--json").out)
+    assert [a["status"] for a in listed] == ["stale"] and "changed" in listed[0]["reason"]
+    stale = ask(cli, "--no-save")
+    assert stale["head"]["source"] == "prefill" and "stale" in stale["stderr"]
+    rebuilt = ask(cli, "--no-save", "--rebuild")
+    assert rebuilt["head"]["source"] == "kv" and "rebuilding" in rebuilt["stderr"]
+    listed = json.loads(cli("kv", "list", "--json").out)
+    assert [a["status"] for a in listed] == ["current"] and listed[0]["id"] != stale["head"]["activation"]
+    assert len(list((chat_store / "tables" / "kv").glob("*.safetensors"))) == 1  # the old file is gone
+    # Pinning one more unit changes the pinned set: stale again.
+    other = json.loads(cli("list", "--unpinned", "--json").out)[0]["id"]
+    assert cli("pin", other).returncode == 0
+    assert json.loads(cli("kv", "list", "--json").out)[0]["status"] == "stale"
+
+
+def test_a_cache_for_another_context_size_is_not_loaded(chat_store: Path, cli) -> None:
+    data = ask(cli, "--no-save", "--ctx", "4096")
+    assert data["head"]["source"] == "prefill"
+    assert "other model" in data["stderr"] and "ctx 8192" in data["stderr"]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete"])
+def test_a_damaged_or_missing_cache_is_refused_reported_and_repaired(chat_store: Path, cli, damage: str) -> None:
+    path = kv_file(chat_store)
+    data = bytearray(path.read_bytes())
+    if damage == "truncate":
+        path.write_bytes(bytes(data[: len(data) // 2]))
+    elif damage == "flip":
+        data[len(data) // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
+    else:
+        path.unlink()
+    got = ask(cli, "--no-save")
+    assert got["head"]["source"] == "prefill" and got["answer"]
+    assert ("sha256" in got["stderr"]) if damage != "delete" else ("missing" in got["stderr"])
+    check = cli("check", "--json")
+    assert check.returncode == 1
+    kv_problems = [p for p in json.loads(check.out)["problems"] if p["area"] == "kv"]
+    assert len(kv_problems) == 1 and ("missing" if damage == "delete" else "damaged") in kv_problems[0]["message"]
+    assert cli("check", "--repair").returncode == 0
+    assert cli("check").returncode == 0
+    assert json.loads(cli("kv", "list", "--json").out) == []
+    assert not list((chat_store / "tables" / "kv").glob("*.safetensors"))
+
+
+def test_an_orphaned_cache_file_is_reported_and_removed(chat_store: Path, cli) -> None:
+    stray = kv_file(chat_store).with_name("0" * 64 + ".safetensors")
+    shutil.copy(kv_file(chat_store), stray)
+    check = cli("check", "--json")
+    assert check.returncode == 1 and "orphaned" in check.out
+    assert cli("check", "--repair").returncode == 0
+    assert not stray.exists() and kv_file(chat_store).exists()
+    assert cli("check").returncode == 0
+
+
+def test_kv_list_show_rm(chat_store: Path, cli) -> None:
+    [record] = json.loads(cli("kv", "list", "--json").out)
+    assert record["status"] == "current" and record["selection"] == {"pinned": True}
+    assert len(record["units"]) == 3 and all(u["version"] == 1 for u in record["units"])
+    assert record["model"]["arch"] == "gemma3" and record["model"]["n_ctx"] == 8192
+    assert record["bytes"] == kv_file(chat_store).stat().st_size
+    shown = json.loads(cli("kv", "show", record["id"][:8], "--text", "--json").out)
+    assert all(text in shown["preamble"] for text in PINNED)
+    assert cli("kv", "show", record["id"]).returncode == 0
+    before = head(chat_store)
+    assert cli("kv", "rm", record["id"], "--yes").returncode == 0
+    assert json.loads(cli("kv", "list", "--json").out) == []
+    assert not list((chat_store / "tables" / "kv").glob("*.safetensors"))
+    assert head(chat_store) == before  # caches are not history
+    assert git(chat_store, "status", "--porcelain", "--untracked-files=all") == ""
+
+
+def test_kv_build_by_heat_and_by_query(chat_store: Path, cli) -> None:
+    top = json.loads(cli("kv", "build", "--top", "2", "--json").out)
+    assert top["selection"] == {"top": 2} and len(top["units"]) == 2
+    query = json.loads(cli("kv", "build", "--query", "cat", "-k", "1", "--json").out)
+    assert query["selection"] == {"query": "cat", "k": 1} and len(query["units"]) == 1
+    assert len(json.loads(cli("kv", "list", "--json").out)) == 3
+
+
+def test_purge_removes_the_caches_built_from_a_unit(chat_store: Path, cli) -> None:
+    pinned = json.loads(cli("list", "--pinned", "--json").out)
+    secret = pinned[0]["text"].split()[-1].rstrip(".")
+    done = cli("purge", pinned[0]["id"], "--yes", "--json")
+    assert done.returncode == 0, done.err
+    assert json.loads(cli("kv", "list", "--json").out) == []
+    for path in (chat_store / "tables").rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
+
+
+def test_bad_inputs_fail_cleanly(chat_store: Path, cli, tmp_path: Path) -> None:
+    before = head(chat_store)
+    not_gguf = tmp_path / "model.gguf"
+    not_gguf.write_text("not a model")
+    assert_clean_failure(cli("chat", Q, "--model", str(tmp_path / "nope.gguf")), chat_store, before, "not found")
+    assert_clean_failure(cli("chat", Q, "--model", str(not_gguf)), chat_store, before, "not a GGUF")
+    assert_clean_failure(cli("kv", "build", "--model", str(not_gguf)), chat_store, before, "not a GGUF")
+    assert_clean_failure(cli("chat", input=""), chat_store, before, "stdin is empty")
+    assert_clean_failure(cli("chat", input="  \n"), chat_store, before, "stdin is empty")
+    assert_clean_failure(cli("kv", "show", "zzzzzzzz"), chat_store, before, "no activation memory")
+    assert_clean_failure(cli("kv", "build", "--top", "3", "--pinned"), chat_store, before, "one of")
+    assert_clean_failure(cli("kv", "build", "--cube", "empty"), chat_store, before, "no pinned memories")
+    assert_clean_failure(cli("chat", Q, "--kv", "zzzzzzzz"), chat_store, before, "no activation memory")
+    # A memory block longer than the context.
+    assert cli("add", " ".join(["a long pinned memory about many things"] * 40), "--pin", "--cube", "big").returncode == 0
+    before = head(chat_store)
+    assert_clean_failure(cli("kv", "build", "--cube", "big", "--ctx", "256"), chat_store, before, "too long for a context")
+    assert_clean_failure(cli("chat", Q, "--cube", "big", "--ctx", "256"), chat_store, before, "too long for a context")
+    assert list((chat_store / "tables" / "kv").glob("*.safetensors")) == [kv_file(chat_store)]
+
+
+def test_ctrl_c_during_an_answer_saves_nothing(chat_store: Path) -> None:
+    before = commit_count(chat_store)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "memos_cli", "--store", str(chat_store), "chat", "Tell me a long story about Alice.",
+         "--max-tokens", "2000", "--temperature", "1.0", "--seed", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ.copy(),
+    )
+    assert proc.stdout is not None
+    proc.stdout.read(1)  # the first streamed byte: generation is under way
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    if proc.returncode == 0:  # the answer was already complete: then it was saved whole
+        assert commit_count(chat_store) == before + 1
+    else:
+        assert proc.returncode == 130 and "interrupted" in err.decode() and "Traceback" not in err.decode()
+        assert commit_count(chat_store) == before
+    assert git(chat_store, "status", "--porcelain", "--untracked-files=all") == ""
+
+
+def test_an_interrupted_turn_keeps_the_turns_saved_before_it(chat_store: Path) -> None:
+    from memos_cli.core.chat import ChatOptions, ChatSession
+    from memos_cli.core.store import MemoryStore
+    from memos_cli.models.generator import load_generator
+
+    store = MemoryStore(chat_store)
+    before = commit_count(chat_store)
+    with load_generator(None) as generator:
+        session = ChatSession(store, generator, ChatOptions(temperature=0.0, max_tokens=16, keep_head=True))
+        assert session.head.source == "kv"
+        first = "".join(session.ask(Q))
+        saved = session.last.saved
+        with pytest.raises(KeyboardInterrupt):
+            for _ in session.ask("And what does Bob drink?"):
+                raise KeyboardInterrupt
+        # The session goes on from the saved head after the interruption.
+        again = "".join(session.ask(Q))
+    assert first and saved and store.get(saved).meta["session"] == session.id
+    assert len(session.turns) == 2 and commit_count(chat_store) == before + 2
+    assert again  # the head was restored: the model still answers
+
+
+def test_an_interactive_session_on_a_terminal(chat_store: Path) -> None:
+    import pty  # noqa: F401 - POSIX only, like the terminal it stands for
+    import select
+
+    before = commit_count(chat_store)
+    other = json.loads(subprocess.run([sys.executable, "-m", "memos_cli", "--store", str(chat_store), "list",
+                                       "--unpinned", "--json"], capture_output=True, text=True).stdout)[0]["id"]
+    master, slave = os.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "memos_cli", "--store", str(chat_store), "chat", "--temperature", "0",
+                             "--max-tokens", "16"], stdin=slave, stdout=slave, stderr=slave, close_fds=True,
+                            env={**os.environ, "MEMOS_CACHE": os.environ["MEMOS_CACHE"], "TERM": "dumb"})
+    os.close(slave)
+    seen = b""
+
+    def until(marker: bytes, timeout: float = 90) -> bytes:
+        nonlocal seen
+        deadline = time.monotonic() + timeout
+        while marker not in seen:
+            ready, _, _ = select.select([master], [], [], max(0.0, deadline - time.monotonic()))
+            assert ready, f"timed out waiting for {marker!r}; got {seen[-500:]!r}"
+            seen += os.read(master, 4096)
+        head, _, seen = seen.partition(marker)
+        return head
+
+    banner = until(b"you> ")
+    assert b"memory block of 3 units" in banner and b"activation memory" in banner
+    os.write(master, Q.encode() + b"\n")
+    answer = until(b"you> ")
+    assert answer.strip()
+    os.write(master, b"/memories\n")
+    until(b"memory block: 3 units", 30)  # fails by timing out when it never comes
+    os.write(master, f"/forget {other}\n".encode())
+    until(f"forgot {other}".encode(), 30)
+    os.write(master, b"/quit\n")
+    assert proc.wait(timeout=60) == 0
+    os.close(master)
+    assert commit_count(chat_store) == before + 2  # the answered turn, and the forget
