@@ -192,7 +192,7 @@ _memos()
                     return 0 ;;
             esac
             if [[ $cur == -* ]]; then
-                COMPREPLY=($(compgen -W "-k --kind --tag -t --cube --user --since --until --pinned --unpinned --batch --json --help -h" -- "$cur"))
+                COMPREPLY=($(compgen -W "-k --kind --tag -t --cube --user --since --until --pinned --unpinned --batch --context --no-context --explain --json --help -h" -- "$cur"))
             fi
             ;;
         rollback)

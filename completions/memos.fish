@@ -190,6 +190,8 @@ complete -c memos -n '__memos_using recall' -l since -x -d 'Only units whose tim
 complete -c memos -n '__memos_using recall' -l until -x -d 'Only units whose time is before this.'
 complete -c memos -n '__memos_using recall' -l pinned -l unpinned -d 'Only pinned units (--unpinned: only units not pinned).'
 complete -c memos -n '__memos_using recall' -l batch -r -F -d 'JSON lines {"query", "k"}; writes one JSON line per query.'
+complete -c memos -n '__memos_using recall' -l context -l no-context -d 'Bring the neighbouring turns of conversation hits (episodes of one session).'
+complete -c memos -n '__memos_using recall' -l explain -d 'Show the signals that ranked each result.'
 complete -c memos -n '__memos_using recall' -l json -d 'Print JSON instead of text.'
 complete -c memos -n '__memos_using recall' -l help -s h -d 'Show this message and exit.'
 

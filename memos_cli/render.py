@@ -34,15 +34,30 @@ def units_table(units: list[MemoryUnit], title: str | None = None) -> None:
     console.print(table)
 
 
-def hits_table(hits: list[Any], query: str) -> None:
+def hits_table(hits: list[Any], query: str, explain: bool = False) -> None:
     if not hits:
         console.print(f"[dim]nothing recalled for {query!r}[/dim]")
         return
-    table = Table(header_style="bold")
-    for col in ("score", "id", "time", "kind", "text"):
-        table.add_column(col, overflow="fold" if col == "text" else "ellipsis", no_wrap=col != "text")
+    table = Table(header_style="bold", show_lines=explain)
+    columns = ("score", "id", "time", "kind", "text") + (("why",) if explain else ())
+    for col in columns:
+        table.add_column(col, overflow="fold" if col in ("text", "why") else "ellipsis", no_wrap=col not in ("text", "why"))
     for h in hits:
-        table.add_row(f"{h.score:.4f}", h.unit.id, _short_time(h.unit.time), h.unit.kind, _clip(h.unit.text, 140))
+        text = escape(_clip(h.unit.text, 140))
+        if h.before or h.after:  # context turns, dimmed around the hit
+            text = "\n".join([*(f"[dim]{escape(_clip(u.text, 140))}[/dim]" for u in h.before), text,
+                              *(f"[dim]{escape(_clip(u.text, 140))}[/dim]" for u in h.after)])
+        row = [f"{h.score:.4f}", h.unit.id, _short_time(h.unit.time), h.unit.kind, text]
+        if explain:
+            e = h.explain()
+            parts = [f"text #{e['text']['rank']} bm25 {e['text']['bm25']} -> {e['text']['norm']:.2f} x {e['text']['weight']}"
+                     if e["text"]["rank"] else "text: not in its pool",
+                     f"vector #{e['vector']['rank']} cos {e['vector']['cosine']} -> {e['vector']['norm']:.2f} x "
+                     f"{e['vector']['weight']}" if e["vector"]["rank"] else "vector: not in its pool"]
+            if e["context"]:
+                parts.append(f"context: {e['context']}")
+            row.append(escape("\n".join(parts)))
+        table.add_row(*row)
     console.print(table)
 
 

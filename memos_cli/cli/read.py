@@ -51,6 +51,9 @@ def recall(
     since: SinceF = None, until: UntilF = None, pinned: PinnedF = None,
     batch: Annotated[str | None, typer.Option("--batch", metavar="FILE|-",
                      help='JSON lines {"query", "k"}; writes one JSON line per query.')] = None,
+    context: Annotated[bool, typer.Option("--context/--no-context",
+                       help="Bring the neighbouring turns of conversation hits (episodes of one session).")] = True,
+    explain: Annotated[bool, typer.Option("--explain", help="Show the signals that ranked each result.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Find the memories that best match a query (full-text and vector search, fused).
@@ -62,6 +65,8 @@ def recall(
       memos recall "deadline" --tag work --since "30d ago" --json
 
       memos recall "how should replies sound" --pinned
+
+      memos recall "when did Bob move" --explain
 
       memos recall --batch questions.jsonl > answers.jsonl
     """
@@ -83,22 +88,22 @@ def recall(
             ks.append(kk)
         store = open_existing_store(ctx)
         store.preload_embedder()
-        results = store.recall_many(queries, ks, filters) if queries else []
+        results = store.recall_many(queries, ks, filters, context=context) if queries else []
         say_notices(store)  # an upgrade or a rebuild of the search table, done on the way
         for q, hits in zip(queries, results, strict=True):
-            print_json({"query": q, "results": [h.to_json() for h in hits]})
+            print_json({"query": q, "results": [h.to_json(explain) for h in hits]})
         return
     text = " ".join(query or [])
     store = open_existing_store(ctx)
     store.preload_embedder()
-    hits = store.recall(text, k, filters)
+    hits = store.recall(text, k, filters, context=context)
     say_notices(store)
     if json_out:
-        print_json({"query": text, "results": [h.to_json() for h in hits]})
+        print_json({"query": text, "results": [h.to_json(explain) for h in hits]})
     else:
         from ..render import hits_table
 
-        hits_table(hits, text)
+        hits_table(hits, text, explain)
 
 
 @app.command("list")

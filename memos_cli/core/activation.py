@@ -28,7 +28,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import NotFoundError, StoreError, UsageError
+from .errors import ModelError, NotFoundError, StoreError, UsageError
 from .units import MemoryUnit, iso, new_id, utcnow
 
 if TYPE_CHECKING:
@@ -261,7 +261,7 @@ def select_units(store: MemoryStore, cube: str, selection: Selection) -> list[Me
 
     now = utcnow()
     if selection.query is not None:
-        return [h.unit for h in store.recall(selection.query, selection.k, Filters(cube=cube))]
+        return [h.unit for h in store.recall(selection.query, selection.k, Filters(cube=cube), context=False)]
     live = [u for u in store.list(Filters(cube=cube, pinned=True if selection.pinned else None), limit=0)
             if u.expires_at is None or u.expires_at > now]
     if selection.pinned:
@@ -381,7 +381,10 @@ def load(store: MemoryStore, record: Activation, generator: Generator, head_toke
         raise kvcache.CacheError(f"cache file {kv.sha256[:12]} was built for {model_label(model)}")
     if kv.tokens != head_tokens:
         raise kvcache.CacheError(f"cache file {kv.sha256[:12]} holds other tokens than the memory block renders to now")
-    generator.load_state(kv.state, kv.tokens)
+    try:
+        generator.load_state(kv.state, kv.tokens)
+    except ModelError as exc:  # llama.cpp refused the state: another build of llama.cpp, say
+        raise kvcache.CacheError(f"cache file {kv.sha256[:12]}: {exc}") from None
     return kv
 
 

@@ -198,7 +198,8 @@ class ChatSession:
     def _recall(self, question: str) -> list[MemoryUnit]:
         skip = set(self.head.units)
         wanted = self.options.k
-        hits = self.store.recall(question, min(1000, wanted + len(skip) + 2 * len(self.turns)), self._filters)
+        hits = self.store.recall(question, min(1000, wanted + len(skip) + 2 * len(self.turns)), self._filters,
+                                 context=False)
         out = [h.unit for h in hits
                if h.unit.id not in skip and (h.unit.meta or {}).get("session") != self.id]
         return out[:wanted]

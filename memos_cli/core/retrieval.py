@@ -15,6 +15,27 @@ the query's rare words far better than the rest stays on top. On the LoCoMo
 development split (R@10) BM25 alone gave 0.622, vector alone 0.503, RRF
 (k=60) of the two 0.60-0.61, and this fusion 0.68-0.70 for vector weights
 0.35-0.5 and pools of 30-100; we take the middle of that plateau.
+
+Context (``attach_context``): a hit that is one turn of a conversation is
+often only half of what answers a question ("Did you go?" / "Yes, in May").
+The turns of one conversation are ``episode`` units of one cube with the same
+``time``, given when they were remembered (the session's; a time that
+defaulted to the moment of remembering marks no session), in id order (the
+order they were remembered in).
+After ranking, each such hit brings its neighbours in that thread:
+
+- a hit among the best ``CONTEXT_BOTH`` brings the turn before and the turn after;
+- a lower hit that asks a question (its text has a "?") brings the turn after,
+  where the answer usually is;
+- a neighbour that is a better-ranked result, or already brought by a better
+  hit, is not repeated (lower results do not count, so the top k of a longer
+  list is that of a list of k); neighbours obey the same filters as the hits.
+
+The result's text is then the passage (turns in order), its sources include
+the neighbours', and ``context`` names them. On the LoCoMo development split
+this raised R@10 from 0.70 to 0.80 for about twice the characters read (C@10
+1.56k -> 3.05k, against the 3.2k allowed); both neighbours for every hit gave
+0.81 for 4.1k, the next turn alone 0.79 for 2.9k.
 """
 
 from __future__ import annotations
@@ -80,26 +101,115 @@ class Filters:
         return " AND ".join(parts) or None
 
 
+CONTEXT_BOTH = 4  # hits ranked this high bring the turn before and the turn after them
+
+
 @dataclass
 class Hit:
     unit: MemoryUnit
     score: float
     signals: dict[str, Any]
+    before: list[MemoryUnit] = field(default_factory=list)  # context: turns before it, in order
+    after: list[MemoryUnit] = field(default_factory=list)  # context: turns after it
+    context_reason: str = ""
 
-    def to_json(self) -> dict[str, Any]:
-        u = self.unit.to_json()
+    @property
+    def text(self) -> str:
+        """The passage: the hit with its context turns, in order."""
+        return "\n".join(u.text for u in (*self.before, self.unit, *self.after))
+
+    def explain(self) -> dict[str, Any]:
+        """The signals that ranked it, and why it brought the context it did."""
+        sig = self.signals
         return {
+            "score": round(self.score, 6),
+            "text": {"rank": sig.get("text_rank"), "bm25": sig.get("bm25"), "norm": sig.get("text_norm", 0.0),
+                     "weight": WEIGHT_TEXT},
+            "vector": {"rank": sig.get("vector_rank"), "cosine": sig.get("cosine"), "norm": sig.get("vector_norm", 0.0),
+                       "weight": WEIGHT_VECTOR},
+            "context": self.context_reason or None,
+        }
+
+    def to_json(self, explain: bool = False) -> dict[str, Any]:
+        u = self.unit.to_json()
+        context = [*self.before, *self.after]
+        out = {
             "id": u["id"],
-            "text": u["text"],
+            "text": self.text,
             "score": round(self.score, 6),
             "kind": u["kind"],
             "tags": u["tags"],
             "time": u["time"],
             "meta": u["meta"],
-            "sources": u["sources"],
+            # the passage is derived from its context turns too
+            "sources": u["sources"] + [c.meta for c in context if c.meta],
             "cube": u["cube"],
             "user": u["user"],
+            "context": [c.id for c in context],
         }
+        if explain:
+            out["explain"] = self.explain()
+        return out
+
+
+def wants_context(hit: Hit, rank: int) -> tuple[bool, bool, str]:
+    """(the turn before?, the turn after?, why) for the hit at 0-based ``rank``."""
+    unit = hit.unit
+    if unit.kind != "episode" or unit.time is None or unit.time == unit.created_at:
+        return False, False, ""  # not a turn, or no session time given (it defaulted to when it was remembered)
+    if rank < CONTEXT_BOTH:
+        return True, True, f"a top-{CONTEXT_BOTH} hit: the turns before and after it"
+    if "?" in hit.unit.text:
+        return False, True, "it asks a question: the turn after it"
+    return False, False, ""
+
+
+def attach_context(ds: Any, hits: list[Hit], where: str | None) -> None:
+    """Give episode hits their neighbouring turns (see the module's docstring).
+
+    Two reads whatever the size of a thread: the ids of the threads' turns
+    (three small columns), then the neighbours' rows by row id.
+    """
+    import pyarrow.compute as pc
+
+    wanted = [(hit, *wants_context(hit, rank)) for rank, hit in enumerate(hits)]
+    threads = {(h.unit.cube, h.unit.time) for h, before, after, _ in wanted if before or after}
+    if not threads:
+        return
+    same = " OR ".join(f"(cube = {sql_str(cube)} AND time = {sql_time(when)})" for cube, when in sorted(threads))
+    scope = f"kind = 'episode' AND ({same})" + (f" AND ({where})" if where else "")
+    # Kept in Arrow: a "thread" can be large (a bulk import of untimed episodes
+    # shares one time), and Python objects for 20k rows cost 20 times the scan.
+    index = ds.to_table(columns=["id", "cube", "time"], filter=scope, with_row_id=True)
+    index = index.sort_by([("cube", "ascending"), ("time", "ascending"), ("id", "ascending")])  # ids sort by age
+    ids, cubes, times, rowids = (index.column(c) for c in ("id", "cube", "time", "_rowid"))
+
+    def thread(i: int) -> tuple[Any, Any]:
+        return cubes[i].as_py(), times[i].as_py()
+
+    # What a reader has seen by the time they reach a hit: the hits above it and
+    # their context. Lower hits do not count, so the top k of a longer list is
+    # the same as that of a list of k.
+    shown: set[str] = set()
+    chosen: list[tuple[Hit, list[MemoryUnit], int]] = []  # (hit, its before or after list, row id)
+    for hit, before, after, why in wanted:
+        shown.add(hit.unit.id)
+        i = pc.index(ids, hit.unit.id).as_py() if before or after else -1
+        if i < 0:
+            continue
+        for take, j, side in ((before, i - 1, hit.before), (after, i + 1, hit.after)):
+            if take and 0 <= j < len(ids) and thread(j) == thread(i) and (uid := ids[j].as_py()) not in shown:
+                shown.add(uid)
+                chosen.append((hit, side, rowids[j].as_py()))
+                hit.context_reason = why
+    if not chosen:
+        return
+    names = set(ds.schema.names)
+    take = sorted({rowid for _, _, rowid in chosen})
+    rows = ds._take_rows(take, columns=[c for c in _COLUMNS if c in names]).to_pylist()
+    units = {rowid: from_row(row) for rowid, row in zip(take, rows, strict=True)}
+    for _, side, rowid in chosen:
+        side.append(units[rowid])
 
 
 _COLUMNS = [

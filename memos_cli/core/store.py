@@ -805,12 +805,17 @@ class MemoryStore:
                     u.last_accessed = parse_time(last)
         return units
 
-    def recall(self, query: str, k: int = 10, filters: Filters | None = None) -> list[Hit]:
-        return self.recall_many([query], k, filters)[0]
+    def recall(self, query: str, k: int = 10, filters: Filters | None = None, *, context: bool = True) -> list[Hit]:
+        return self.recall_many([query], k, filters, context=context)[0]
 
-    def recall_many(self, queries: list[str], k: int | list[int] = 10, filters: Filters | None = None) -> list[list[Hit]]:
-        """Hybrid recall for several queries; counts the accesses."""
-        from .retrieval import Filters, hybrid_search
+    def recall_many(self, queries: list[str], k: int | list[int] = 10, filters: Filters | None = None, *,
+                    context: bool = True) -> list[list[Hit]]:
+        """Hybrid recall for several queries; counts the accesses of the hits.
+
+        With ``context``, conversation turns come with their neighbouring turns
+        (``retrieval.attach_context``).
+        """
+        from .retrieval import Filters, attach_context, hybrid_search
 
         ks = k if isinstance(k, list) else [k] * len(queries)
         for kk in ks:
@@ -829,6 +834,9 @@ class MemoryStore:
             self.table.read(lambda ds, q=q, kk=kk: hybrid_search(ds, q, embed, kk, where))
             for q, kk in zip(queries, ks, strict=True)
         ]
+        if context:
+            for hits in results:
+                self.table.read(lambda ds, hits=hits: attach_context(ds, hits, where))
         self.log_access(h.unit.id for hits in results for h in hits)
         return results
 
