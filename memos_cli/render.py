@@ -190,15 +190,17 @@ def kv_table(records: list[Any]) -> None:
         console.print("[dim]no activation memories; build one with `memos kv build --pinned`[/dim]")
         return
     table = Table(header_style="bold")
-    for col in ("id", "cube", "block", "units", "tokens", "size", "model", "built", "status"):
-        table.add_column(col, overflow="fold" if col == "status" else "ellipsis", no_wrap=col != "status")
+    for col in ("id", "cube", "block", "units", "tokens", "size", "status"):  # `kv show` has the model and the rest
+        wrap = col in ("block", "status")
+        table.add_column(col, overflow="fold" if wrap else "ellipsis", no_wrap=not wrap,
+                         justify="right" if col in ("units", "tokens", "size") else "left")
     for a in records:
         style = _KV_STATUS_STYLE.get(a.status, "")
         status = f"[{style}]{escape(a.status)}[/{style}]" if style else escape(a.status)
         if a.reason and a.status != "current":
             status += f" [dim]({escape(a.reason)})[/dim]"
         table.add_row(a.id, a.cube, escape(a.selection.describe()), str(len(a.sources)), str(a.n_tokens),
-                      human_bytes(a.bytes), escape(str(a.model.get("name", "?"))), _short_time(a.created_at), status)
+                      human_bytes(a.bytes), status)
     console.print(table)
 
 

@@ -125,7 +125,7 @@ class Activation:
 
 
 def model_label(model: dict[str, Any]) -> str:
-    return f"{model.get('name', '?')} ({str(model.get('sha256', ''))[:12]}, ctx {model.get('n_ctx', '?')})"
+    return f"{model.get('name', '?')} {str(model.get('sha256', ''))[:8]}, ctx {model.get('n_ctx', '?')}"
 
 
 # ---- the records table --------------------------------------------------------
@@ -339,7 +339,7 @@ def assess(store: MemoryStore, record: Activation, identity: ModelIdentity | Non
         return record
     if identity is not None and not record.matches(identity):
         record.status = "other model"
-        record.reason = f"built for {model_label(record.model)}, not {model_label(identity.to_json())}"
+        record.reason = f"built for {model_label(record.model)}"
         return record
     why = changed_sources(store, record.cube, record.selection, record.sources)
     if why:
