@@ -56,7 +56,7 @@ _memos()
         if [[ $cur == -* ]]; then
             COMPREPLY=($(compgen -W "--store -s --version --help -h" -- "$cur"))
         else
-            COMPREPLY=($(compgen -W "add chat check compact demo diff edit forget import init kv list log pin purge recall rollback show stats unpin" -- "$cur"))
+            COMPREPLY=($(compgen -W "add chat check compact config demo diff edit forget import init kv list log pin purge recall rollback show stats unpin" -- "$cur"))
         fi
         return 0
     fi
@@ -88,6 +88,11 @@ _memos()
             fi
             ;;
         compact)
+            if [[ $cur == -* ]]; then
+                COMPREPLY=($(compgen -W "--json --help -h" -- "$cur"))
+            fi
+            ;;
+        config)
             if [[ $cur == -* ]]; then
                 COMPREPLY=($(compgen -W "--json --help -h" -- "$cur"))
             fi

@@ -43,6 +43,7 @@ complete -c memos -n 'not __memos_command' -a add -d 'Remember something; prints
 complete -c memos -n 'not __memos_command' -a chat -d 'Chat with a local model that recalls your memories; each turn is saved as an episode.'
 complete -c memos -n 'not __memos_command' -a check -d 'Verify the store: git, the unit files, the search table, embeddings and indexes.'
 complete -c memos -n 'not __memos_command' -a compact -d 'Merge table fragments, refresh the text index and repack git history.'
+complete -c memos -n 'not __memos_command' -a config -d 'Show and change the store\'s settings (memos.toml).'
 complete -c memos -n 'not __memos_command' -a demo -d 'Run the main loop on a scratch store: add, recall, edit, diff, roll back, pin, chat.'
 complete -c memos -n 'not __memos_command' -a diff -d 'What changed in memory: units added, removed and changed, with a diff of their text and fields.'
 complete -c memos -n 'not __memos_command' -a edit -d 'Change a memory: a new version of it, the old one kept in history.'
@@ -102,6 +103,10 @@ complete -c memos -n '__memos_using check' -l help -s h -d 'Show this message an
 # memos compact
 complete -c memos -n '__memos_using compact' -l json -d 'Print JSON instead of text.'
 complete -c memos -n '__memos_using compact' -l help -s h -d 'Show this message and exit.'
+
+# memos config
+complete -c memos -n '__memos_using config' -l json -d 'Print JSON instead of text.'
+complete -c memos -n '__memos_using config' -l help -s h -d 'Show this message and exit.'
 
 # memos demo
 complete -c memos -n '__memos_using demo' -l keep -x -a '(__fish_complete_directories)' -d 'Build the demo store here and keep it (default: a temporary directory).'
@@ -181,7 +186,7 @@ complete -c memos -n '__memos_using purge' -l json -d 'Print JSON instead of tex
 complete -c memos -n '__memos_using purge' -l help -s h -d 'Show this message and exit.'
 
 # memos recall
-complete -c memos -n '__memos_using recall' -s k -x -d 'How many results.'
+complete -c memos -n '__memos_using recall' -s k -x -d 'How many results (default: [recall] k in memos.toml, 10).'
 complete -c memos -n '__memos_using recall' -l kind -x -d 'Only this kind.'
 complete -c memos -n '__memos_using recall' -l tag -s t -x -d 'Only units with this tag; repeat to require more.'
 complete -c memos -n '__memos_using recall' -l cube -x -d 'Only this cube.'

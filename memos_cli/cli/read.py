@@ -46,7 +46,8 @@ def _filters(kind: str | None, tag: list[str] | None, cube: str | None, user: st
 def recall(
     ctx: typer.Context,
     query: Annotated[list[str] | None, typer.Argument(help="What to recall.", metavar="QUERY...", show_default=False)] = None,
-    k: Annotated[int, typer.Option("-k", metavar="N", help="How many results.", min=1, max=1000)] = 10,
+    k: Annotated[int | None, typer.Option("-k", metavar="N", help="How many results (default: [recall] k in "
+                                          "memos.toml, 10).", min=1, max=1000)] = None,
     kind: KindF = None, tag: TagF = None, cube: CubeF = None, user: UserF = None,
     since: SinceF = None, until: UntilF = None, pinned: PinnedF = None,
     batch: Annotated[str | None, typer.Option("--batch", metavar="FILE|-",
@@ -81,12 +82,13 @@ def recall(
         for lineno, rec in records:
             if not isinstance(rec, dict) or not isinstance(rec.get("query"), str) or not rec["query"].strip():
                 raise UsageError(f"line {lineno}: expected {{\"query\": \"...\", \"k\": N}}")
-            kk = rec.get("k", k)
-            if not isinstance(kk, int) or isinstance(kk, bool) or not 1 <= kk <= 1000:
+            kk = rec.get("k", k)  # None: [recall] k of memos.toml
+            if "k" in rec and (not isinstance(kk, int) or isinstance(kk, bool) or not 1 <= kk <= 1000):
                 raise UsageError(f"line {lineno}: bad k {kk!r}")
             queries.append(rec["query"])
             ks.append(kk)
         store = open_existing_store(ctx)
+        ks = [kk or store.config.recall_k for kk in ks]
         store.preload_embedder()
         results = store.recall_many(queries, ks, filters, context=context) if queries else []
         say_notices(store)  # an upgrade or a rebuild of the search table, done on the way
@@ -96,7 +98,7 @@ def recall(
     text = " ".join(query or [])
     store = open_existing_store(ctx)
     store.preload_embedder()
-    hits = store.recall(text, k, filters, context=context)
+    hits = store.recall(text, k or store.config.recall_k, filters, context=context)
     say_notices(store)
     if json_out:
         print_json({"query": text, "results": [h.to_json(explain) for h in hits]})

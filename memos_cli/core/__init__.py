@@ -16,13 +16,14 @@ from typing import Any
 
 from .config import SCHEMA_VERSION, StoreConfig, resolve_store_path
 from .errors import LockedError, MemosError, ModelError, NotFoundError, StoreError, UsageError
+from .policy import ConsolidatePolicy
 from .store import MemoryStore, Transaction
 from .units import MemoryUnit, build_unit, parse_duration, parse_time
 
 __all__ = [
-    "SCHEMA_VERSION", "Filters", "Hit", "LockedError", "MemoryStore", "MemoryUnit", "MemosError", "ModelError",
-    "NotFoundError", "StoreConfig", "StoreError", "Transaction", "UsageError", "build_unit", "parse_duration",
-    "parse_time", "resolve_store_path",
+    "SCHEMA_VERSION", "ConsolidatePolicy", "Filters", "Hit", "LockedError", "MemoryStore", "MemoryUnit", "MemosError",
+    "ModelError", "NotFoundError", "StoreConfig", "StoreError", "Transaction", "UsageError", "build_unit",
+    "parse_duration", "parse_time", "resolve_store_path",
 ]
 
 

@@ -82,9 +82,9 @@ def write(root: Path, unit: MemoryUnit) -> str:
 
 
 def temp_path(rel: str) -> str:
-    """Where ``write`` puts a unit file's bytes before renaming them into place."""
+    """Where ``write`` puts a unit file's bytes (or ``memos.toml``'s) before renaming them into place."""
     head, _, name = rel.rpartition("/")
-    return f"{head}/.{name}.tmp"
+    return f"{head}/.{name}.tmp" if head else f".{name}.tmp"
 
 
 def is_temp(rel: str) -> bool:

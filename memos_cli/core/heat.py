@@ -21,7 +21,8 @@ one untouched for a month has lost most of its recency.
 
 Everything here is pure (no store I/O): callers pass units as the store
 returns them (``MemoryStore.get`` and ``list`` include pending access counts)
-and the time ``now``. The weights will be settings of ``memos.toml``.
+and the time ``now``. The weights are settings of ``memos.toml`` (``[consolidate.heat]``:
+``policy.HeatPolicy.weights`` builds them).
 """
 
 from __future__ import annotations

@@ -36,6 +36,7 @@ from . import files
 from .config import CONFIG_NAME, SCHEMA_VERSION, StoreConfig
 from .errors import MemosError, NotFoundError, StoreError, UsageError
 from .lock import StoreLock
+from .policy import toml_literal
 from .units import MemoryUnit, build_unit, default_user, iso, utcnow
 
 if TYPE_CHECKING:
@@ -60,7 +61,7 @@ class Transaction:
     details: list[str] = field(default_factory=list)  # more lines for the message body
     trailers: dict[str, str] = field(default_factory=dict)  # more Memos-* trailers
     folded_accesses: int = 0
-    paths: set[str] = field(default_factory=set)  # unit files written or removed
+    paths: set[str] = field(default_factory=set)  # files written or removed (units; memos.toml for op config)
     commit: str | None = None  # the new commit, once made
     allow_empty: bool = False  # commit even when no file changed
     after_commit: list[Callable[[], object]] = field(default_factory=list)  # run under the lock
@@ -709,6 +710,52 @@ class MemoryStore:
             txn.summary = f"to {target[:10]}, {len(txn.ids)} units changed"
             txn.trailers["Memos-Target"] = target
         return {"target": target, "commit": txn.commit, "restored": [u.id for u in units], "removed": remove}
+
+    def set_config(self, key: str, value: Any = None, *, unset: bool = False) -> dict[str, Any]:
+        """Set one setting of memos.toml (``unset``: back to its default) in one commit (op ``config``).
+
+        ``key`` is dotted (``recall.k``, ``consolidate.duplicates.similarity``).
+        The whole resulting config is checked before anything is written: an
+        unknown key, a bad value or a read-only setting raises ``UsageError``
+        and changes nothing. A value equal to the current one (an unset of a
+        setting at its default) makes no commit. Returns the key, the ``old``
+        and new ``value``, its ``default``, whether it ``changed`` and the
+        ``commit``.
+        """
+
+        def change(config: StoreConfig) -> StoreConfig:
+            return config.without(key) if unset else config.with_value(key, value)
+
+        def unchanged(old: StoreConfig, new: StoreConfig) -> bool:
+            if unset:  # back to the default: nothing to do when the file would stay as it is
+                return new.to_toml() == old.to_toml()
+            return new.get(key).value == old.get(key).value
+
+        current = self.config  # a missing store or a too-new one fails here, before any work
+        new = change(current)  # bad keys and values fail here, before the lock
+        result = {"key": key, "old": current.get(key).value, "value": new.get(key).value,
+                  "default": new.get(key).default, "changed": False, "commit": None}
+        if unchanged(current, new):
+            return result
+        try:
+            with self.transaction("config", cube="*") as txn:
+                self._config = None  # memos.toml as of now, under the lock
+                current = self.config
+                new = change(current)
+                result.update(old=current.get(key).value, value=new.get(key).value)
+                if not unchanged(current, new):
+                    self._note_paths(txn, [CONFIG_NAME])
+                    tmp = self.root / files.temp_path(CONFIG_NAME)
+                    tmp.write_text(new.to_toml(), encoding="utf-8")
+                    os.replace(tmp, self.config_path)
+                    shown = toml_literal(result["value"])
+                    txn.summary = f"unset {key} (default {shown})" if unset else f"set {key} = {shown}"
+                    txn.details.append(f"{key}: {toml_literal(result['old'])} -> {shown}")
+                    txn.trailers["Memos-Setting"] = key
+        finally:
+            self._config = None  # read again when next needed (a failed write has put the file back)
+        result.update(changed=txn.commit is not None and CONFIG_NAME in txn.paths, commit=txn.commit)
+        return result
 
     def check_dim(self) -> None:
         """Vectors of another width than the table's cannot be stored or searched."""
