@@ -84,7 +84,8 @@ def chat(
     options = ChatOptions(cube=cube, user=user, filters=filters, k=k, budget=budget, temperature=temperature,
                           max_tokens=max_tokens, seed=seed, use_kv=not no_kv, kv_id=kv, rebuild=rebuild,
                           save=not no_save, keep_head=text is None)
-    session, timings = _start(ctx, options, model, n_ctx)
+    started = time.perf_counter()
+    session, model_load_s = _start(ctx, options, model, n_ctx)
     if text is None:
         _interactive(session)
         return
@@ -97,8 +98,9 @@ def chat(
     if not json_out:
         sys.stdout.write("\n")
         return
-    timings["ttft_s"] = session.head.seconds + turn.timings["first_token_s"]
-    timings["total_s"] = time.perf_counter() - timings.pop("_started")
+    timings = {"model_load_s": model_load_s, "head_s": session.head.seconds,
+               "ttft_s": session.head.seconds + turn.timings["first_token_s"],
+               "total_s": time.perf_counter() - started}
     print_json({
         "answer": turn.answer,
         "memories": [{"id": u.id, "text": u.text} for u in turn.memories],
@@ -112,8 +114,10 @@ def chat(
     })
 
 
-def _start(ctx: typer.Context, options: Any, model: str | None, n_ctx: int | None) -> tuple[Any, dict[str, float]]:
-    """Load the model, open (or create) the store, and put the session's head in context."""
+def _start(ctx: typer.Context, options: Any, model: str | None, n_ctx: int | None) -> tuple[Any, float]:
+    """Load the model, open (or create) the store, and put the session's head in context.
+
+    Returns the session and the seconds spent loading the models."""
     from ..core.chat import ChatSession, chat_settings
     from ..models.generator import load_generator
 
@@ -133,7 +137,7 @@ def _start(ctx: typer.Context, options: Any, model: str | None, n_ctx: int | Non
     say_notices(store)
     for notice in session.notices:
         print(f"memos: {notice}", file=sys.stderr)
-    return session, {"_started": started, "model_load_s": loaded - started, "head_s": session.head.seconds}
+    return session, loaded - started
 
 
 def _interactive(session: Any) -> None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -211,13 +211,8 @@ def _write_rows(store: MemoryStore, keep: list[Activation]) -> None:
     path = kv_dir(store) / TABLE
     path.parent.mkdir(parents=True, exist_ok=True)
     ds = lance.write_dataset(pa.table(rows, schema=_schema()), str(path), mode="overwrite")
-    ds.cleanup_old_versions(older_than=_zero(), delete_unverified=True)
+    ds.cleanup_old_versions(older_than=timedelta(0), delete_unverified=True)
 
-
-def _zero() -> Any:
-    from datetime import timedelta
-
-    return timedelta(0)
 
 
 def _remove_unreferenced(store: MemoryStore, keep: list[Activation], shas: set[str]) -> None:

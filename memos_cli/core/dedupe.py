@@ -41,8 +41,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-SIMILARITY = 0.92
-TEXT_SIMILARITY = 0.6
+from .policy import DuplicatesPolicy
+
+# The defaults of [consolidate.duplicates] in memos.toml (one place for them).
+SIMILARITY = DuplicatesPolicy.similarity
+TEXT_SIMILARITY = DuplicatesPolicy.text_similarity
 TABLES = 8
 BITS = 12
 MAX_BUCKET = 256

@@ -161,7 +161,7 @@ def wants_context(hit: Hit, rank: int) -> tuple[bool, bool, str]:
         return False, False, ""  # not a turn, or no session time given (it defaulted to when it was remembered)
     if rank < CONTEXT_BOTH:
         return True, True, f"a top-{CONTEXT_BOTH} hit: the turns before and after it"
-    if "?" in hit.unit.text:
+    if "?" in unit.text:
         return False, True, "it asks a question: the turn after it"
     return False, False, ""
 
