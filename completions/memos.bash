@@ -56,7 +56,7 @@ _memos()
         if [[ $cur == -* ]]; then
             COMPREPLY=($(compgen -W "--store -s --version --help -h" -- "$cur"))
         else
-            COMPREPLY=($(compgen -W "add chat check compact config demo diff edit forget import init kv list log pin purge recall rollback show stats unpin" -- "$cur"))
+            COMPREPLY=($(compgen -W "add chat check compact config consolidate demo diff edit forget import init kv list log pin purge recall rollback show stats unpin" -- "$cur"))
         fi
         return 0
     fi
@@ -95,6 +95,19 @@ _memos()
         config)
             if [[ $cur == -* ]]; then
                 COMPREPLY=($(compgen -W "--json --help -h" -- "$cur"))
+            fi
+            ;;
+        consolidate)
+            case "$prev" in
+                --cube)
+                    :  # a value with nothing to offer
+                    return 0 ;;
+                --log)
+                    _memos_files "$cur"
+                    return 0 ;;
+            esac
+            if [[ $cur == -* ]]; then
+                COMPREPLY=($(compgen -W "--cube --dry-run -n --json --quiet -q --log --help -h" -- "$cur"))
             fi
             ;;
         demo)

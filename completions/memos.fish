@@ -44,6 +44,7 @@ complete -c memos -n 'not __memos_command' -a chat -d 'Chat with a local model t
 complete -c memos -n 'not __memos_command' -a check -d 'Verify the store: git, the unit files, the search table, embeddings and indexes.'
 complete -c memos -n 'not __memos_command' -a compact -d 'Merge table fragments, refresh the text index and repack git history.'
 complete -c memos -n 'not __memos_command' -a config -d 'Show and change the store\'s settings (memos.toml).'
+complete -c memos -n 'not __memos_command' -a consolidate -d 'Merge duplicates, close superseded facts, expire, summarise old episodes, promote the'
 complete -c memos -n 'not __memos_command' -a demo -d 'Run the main loop on a scratch store: add, recall, edit, diff, roll back, pin, chat.'
 complete -c memos -n 'not __memos_command' -a diff -d 'What changed in memory: units added, removed and changed, with a diff of their text and fields.'
 complete -c memos -n 'not __memos_command' -a edit -d 'Change a memory: a new version of it, the old one kept in history.'
@@ -107,6 +108,14 @@ complete -c memos -n '__memos_using compact' -l help -s h -d 'Show this message 
 # memos config
 complete -c memos -n '__memos_using config' -l json -d 'Print JSON instead of text.'
 complete -c memos -n '__memos_using config' -l help -s h -d 'Show this message and exit.'
+
+# memos consolidate
+complete -c memos -n '__memos_using consolidate' -l cube -x -d 'Only this cube (default: every cube).'
+complete -c memos -n '__memos_using consolidate' -l dry-run -s n -d 'Show the plan; change nothing.'
+complete -c memos -n '__memos_using consolidate' -l json -d 'Print the plan and what was done as JSON.'
+complete -c memos -n '__memos_using consolidate' -l quiet -s q -d 'Print nothing when nothing changed (for cron); skipped steps still go to stderr.'
+complete -c memos -n '__memos_using consolidate' -l log -r -F -d 'Append one line about the run to FILE.'
+complete -c memos -n '__memos_using consolidate' -l help -s h -d 'Show this message and exit.'
 
 # memos demo
 complete -c memos -n '__memos_using demo' -l keep -x -a '(__fish_complete_directories)' -d 'Build the demo store here and keep it (default: a temporary directory).'

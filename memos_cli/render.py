@@ -56,6 +56,8 @@ def hits_table(hits: list[Any], query: str, explain: bool = False) -> None:
                      f"{e['vector']['weight']}" if e["vector"]["rank"] else "vector: not in its pool"]
             if e["context"]:
                 parts.append(f"context: {e['context']}")
+            if e["closed"]:
+                parts.append(f"superseded since {e['closed']['valid_to'][:10]}: x {e['closed']['weight']}")
             row.append(escape("\n".join(parts)))
         table.add_row(*row)
     console.print(table)
@@ -225,3 +227,25 @@ def kv_detail(record: Any, with_text: bool) -> None:
     if with_text:
         console.print()
         console.print(record.preamble, markup=False, highlight=False)
+
+
+_ACTION_STYLE = {"done": "green", "planned": "cyan", "skipped": "yellow"}
+
+
+def consolidate_view(report: Any) -> None:
+    """The plan of a consolidate run (what was done, or would be), then its summary."""
+    if report.actions:
+        table = Table(header_style="bold")
+        for col in ("action", "cube", "units", "reason", "status"):
+            wrap = col in ("units", "reason", "status")
+            table.add_column(col, overflow="fold" if wrap else "ellipsis", no_wrap=not wrap)
+        for a in report.actions:
+            style = _ACTION_STYLE.get(a.status, "")
+            status = f"[{style}]{a.status}[/{style}]" + (f" [dim]({escape(a.note)})[/dim]" if a.note else "")
+            units = " ".join(a.units) if len(a.units) <= 6 else " ".join(a.units[:5]) + f" … (+{len(a.units) - 5})"
+            table.add_row(a.action, a.cube, units, escape(a.reason), status)
+        console.print(table)
+    for line in report.maintenance:
+        console.print(f"[dim]{escape(line)}[/dim]")
+    commit = f" (commit {report.commit[:10]})" if report.commit else ""
+    console.print(f"{escape(report.summary())}{commit} in {report.seconds:.1f}s")

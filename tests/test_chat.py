@@ -177,7 +177,7 @@ def test_kv_list_show_rm(chat_store: Path, cli) -> None:
 
 def test_kv_build_by_heat_and_by_query(chat_store: Path, cli) -> None:
     top = json.loads(cli("kv", "build", "--top", "2", "--json").out)
-    assert top["selection"] == {"top": 2} and len(top["units"]) == 2
+    assert top["selection"] == {"top": 2} and len(top["units"]) == len(PINNED) + 2  # the pinned ones, and 2 more
     query = json.loads(cli("kv", "build", "--query", "cat", "-k", "1", "--json").out)
     assert query["selection"] == {"query": "cat", "k": 1} and len(query["units"]) == 1
     assert len(json.loads(cli("kv", "list", "--json").out)) == 3

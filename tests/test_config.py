@@ -23,7 +23,7 @@ from .conftest import assert_clean_failure, commit_count, git, head
 def test_policy_defaults() -> None:
     p = ConsolidatePolicy()
     assert (p.duplicates.enabled, p.duplicates.similarity, p.duplicates.text_similarity) == (True, 0.92, 0.6)
-    assert (p.superseded.enabled, p.superseded.similarity) == (True, 0.75)
+    assert (p.superseded.enabled, p.superseded.similarity) == (True, 0.68)
     assert p.superseded.kinds == ("fact", "preference") and p.superseded.judge == "rules"
     assert (p.expiry.enabled, p.expiry.action) == (True, "archive")
     assert p.heat.weights == HeatWeights()  # the same defaults as core.heat

@@ -120,7 +120,7 @@ def test_recall_explain_on_the_command_line(cli, tmp_path) -> None:
     done = cli("recall", "support group meeting", "-k", "2", "--explain", "--json")
     assert done.returncode == 0, done.err
     top = json.loads(done.out)["results"][0]
-    assert set(top["explain"]) == {"score", "text", "vector", "context"}
+    assert set(top["explain"]) == {"score", "text", "vector", "context", "closed"}
     assert top["explain"]["text"]["rank"] == 1 and top["explain"]["text"]["weight"] == WEIGHT_TEXT
     assert len(top["context"]) == 2
     table = cli("recall", "support group meeting", "-k", "2", "--explain")

@@ -49,7 +49,7 @@ def main_options(
     ctx.ensure_object(dict)["store_path"] = store
 
 
-COMMAND_MODULES = ("write", "read", "chat", "change", "kv", "history", "maintain", "demo", "config", "completions")
+COMMAND_MODULES = ("write", "read", "chat", "change", "kv", "history", "maintain", "consolidate", "demo", "config", "completions")
 
 
 def load_commands() -> None:

@@ -65,6 +65,7 @@ def demo(
         store.rollback("HEAD~1")
         hits_table(store.recall("Where does Alice live?", 1), "Where does Alice live?")
         _chat(console, store)
+        _consolidate(console, store)
         console.rule("memos log (one commit per change)")
         for commit in history.log(store, 20):
             console.print(f"[yellow]{commit.sha[:10]}[/yellow] {commit.when:%Y-%m-%d %H:%M} {commit.subject}")
@@ -102,3 +103,21 @@ def _chat(console: Any, store: Any) -> None:
             console.print(f"\n[dim]memory block {how} in {session.head.seconds * 1000:.0f} ms; first token after "
                           f"{(session.head.seconds + turn.timings['first_token_s']) * 1000:.0f} ms; {saved}[/dim]",
                           highlight=False)
+
+
+def _consolidate(console: Any, store: Any) -> None:
+    """A repeated preference and a changed address, then the scheduler's run."""
+    from ..core.consolidate import consolidate
+    from ..render import consolidate_view, hits_table
+
+    console.rule("memos add (a repeat, and a fact that changed), then memos consolidate")
+    for text, kind, when in (("alice prefers green tea to coffee, and never drinks anything after 6 pm",
+                              "preference", "2024-11-02"),
+                             ("My home address is 12 Oak Street, Leeds.", "fact", "2023-01-10"),
+                             ("My home address is 4 Elm Road, York.", "fact", "2025-06-01")):
+        unit = store.add(text, kind=kind, time=when, user="demo")
+        console.print(f"[green]memos add[/green] --kind {kind} --time {when} {text!r} [dim]->[/dim] {unit.id}",
+                      highlight=False)
+    consolidate_view(consolidate(store))
+    console.rule("memos recall 'What is my home address?' -k 2 (the current fact first)")
+    hits_table(store.recall("What is my home address?", 2, context=False), "What is my home address?")

@@ -43,8 +43,9 @@ def _identity(store: Any, model: str | None, n_ctx: int | None) -> Any:
 def build(
     ctx: typer.Context,
     pinned: Annotated[bool, typer.Option("--pinned", help="The cube's pinned memories (the default).")] = False,
-    top: Annotated[int | None, typer.Option("--top", metavar="N", help="The N hottest memories (access count, "
-                                            "recency, importance).", min=1, max=10_000)] = None,
+    top: Annotated[int | None, typer.Option("--top", metavar="N", help="The pinned memories and the N hottest "
+                                            "others (access, recency, importance; [consolidate.heat]).",
+                                            min=1, max=10_000)] = None,
     query: Annotated[str | None, typer.Option("--query", metavar="TEXT", help="The memories recalled for TEXT.")] = None,
     k: Annotated[int, typer.Option("-k", metavar="N", help="How many memories --query recalls.", min=1, max=1000)] = 10,
     cube: CubeO = "default",

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from memos_cli.models.generator import Generator, ModelIdentity
     from memos_cli.models.kvcache import KVFile
 
+    from .policy import HeatPolicy
     from .store import MemoryStore
 
 KV_DIR = "kv"  # under the store's tables/ directory
@@ -77,7 +78,7 @@ class Selection:
         if self.pinned:
             return "pinned"
         if self.top is not None:
-            return f"top {self.top} by heat"
+            return f"pinned + top {self.top} by heat"
         return f"query {self.query!r} (k={self.k})"
 
 
@@ -210,7 +211,8 @@ def _write_rows(store: MemoryStore, keep: list[Activation]) -> None:
         rows["preamble"].append(a.preamble)
     path = kv_dir(store) / TABLE
     path.parent.mkdir(parents=True, exist_ok=True)
-    ds = lance.write_dataset(pa.table(rows, schema=_schema()), str(path), mode="overwrite")
+    # "create" the first time: "overwrite" of nothing makes Lance warn on stderr (cron mails stderr)
+    ds = lance.write_dataset(pa.table(rows, schema=_schema()), str(path), mode="overwrite" if path.exists() else "create")
     ds.cleanup_old_versions(older_than=timedelta(0), delete_unverified=True)
 
 
@@ -251,7 +253,6 @@ def drop_for_units(store: MemoryStore, ids: set[str]) -> list[Activation]:
 
 def select_units(store: MemoryStore, cube: str, selection: Selection) -> list[MemoryUnit]:
     """The units a selection holds now, in head order."""
-    from .heat import hottest
     from .retrieval import Filters
 
     now = utcnow()
@@ -260,8 +261,29 @@ def select_units(store: MemoryStore, cube: str, selection: Selection) -> list[Me
     live = [u for u in store.list(Filters(cube=cube, pinned=True if selection.pinned else None), limit=0)
             if u.expires_at is None or u.expires_at > now]
     if selection.pinned:
-        return sorted(live, key=lambda u: (u.time or u.created_at or now, u.id))
-    return hottest(live, selection.top or 0, now=now)
+        return _in_time_order(live, now)
+    policy = store.config.consolidate.heat
+    if selection.top != policy.activation_top:
+        policy = replace(policy, activation_top=selection.top or 0)
+    return heat_selection(live, policy, now)
+
+
+def _in_time_order(units: list[MemoryUnit], now: datetime) -> list[MemoryUnit]:
+    return sorted(units, key=lambda u: (u.time or u.created_at or now, u.id))
+
+
+def heat_selection(units: list[MemoryUnit], policy: HeatPolicy, now: datetime) -> list[MemoryUnit]:
+    """A heat block: the pinned units (always in context), in time order, then the
+    ``policy.activation_top`` hottest of the others (``[consolidate.heat]`` weights),
+    hottest first. Left out: units unused for ``cold_after_days`` (they are cold),
+    and facts whose validity has closed (superseded)."""
+    from .heat import hottest, last_used
+
+    pinned = [u for u in units if u.pinned]
+    cold = timedelta(days=policy.cold_after_days) if policy.cold_after_days > 0 else None
+    warm = [u for u in units if not u.pinned and (u.valid_to is None or u.valid_to > now)
+            and (cold is None or (used := last_used(u)) is None or now - used <= cold)]
+    return _in_time_order(pinned, now) + hottest(warm, policy.activation_top, now=now, weights=policy.weights)
 
 
 def check_fits(n_tokens: int, n_ctx: int) -> None:
@@ -272,16 +294,18 @@ def check_fits(n_tokens: int, n_ctx: int) -> None:
         )
 
 
-def build(store: MemoryStore, generator: Generator, cube: str, selection: Selection) -> Activation:
+def build(store: MemoryStore, generator: Generator, cube: str, selection: Selection,
+          units: list[MemoryUnit] | None = None) -> Activation:
     """Prefill a block of memory and save its KV state; replaces the cube's previous
-    activation of the same selection on the same model."""
+    activation of the same selection on the same model. ``units``: the selection's
+    units, when the caller has just worked them out (else they are selected here)."""
     import time
 
     from memos_cli.models import kvcache
 
     from .prompt import head_text
 
-    units = select_units(store, cube, selection)
+    units = select_units(store, cube, selection) if units is None else units
     if not units:
         what = {True: "pinned memories"}.get(selection.pinned, "memories")
         raise UsageError(f"no {what} in cube {cube!r} to build an activation memory from"

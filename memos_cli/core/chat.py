@@ -141,6 +141,9 @@ class ChatSession:
                 raise UsageError(f"activation memory {chosen.id} belongs to cube {chosen.cube!r}, not {opts.cube!r}")
             return chosen
         found = activation.records(self.store, opts.cube)
+        # A heat block holds the pinned units too (the scheduler builds it), so it goes first;
+        # a query's block holds only what that query found.
+        found.sort(key=lambda a: (a.selection.top is None, not a.selection.pinned, -a.created_at.timestamp()))
         matching = [a for a in found if a.matches(identity)]
         return (matching or found or [None])[0]
 

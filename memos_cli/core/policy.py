@@ -12,7 +12,7 @@ never silently ignored. Every key is optional; a missing one has its default::
 
     [consolidate.superseded]      # close facts that a newer one replaces
     enabled = true
-    similarity = 0.75
+    similarity = 0.68
     kinds = ["fact", "preference"]
     judge = "rules"               # or "llm": the chat model decides
 
@@ -223,7 +223,7 @@ class SupersededPolicy(_Table):
 
     NAME: ClassVar[str] = "superseded"
     enabled: bool = setting(True, "close facts that a newer one replaces", boolean())
-    similarity: float = setting(0.75, "cosine similarity at which a newer unit may replace an older one",
+    similarity: float = setting(0.68, "cosine similarity at which a newer unit may replace an older one",
                                 number(0, 1, above=True))
     kinds: tuple[str, ...] = setting(("fact", "preference"), "the kinds of units that can be superseded", kinds())
     judge: str = setting("rules", 'who decides: "rules" (same subject, newer time) or "llm" (the chat model)',

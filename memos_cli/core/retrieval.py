@@ -16,6 +16,11 @@ development split (R@10) BM25 alone gave 0.622, vector alone 0.503, RRF
 (k=60) of the two 0.60-0.61, and this fusion 0.68-0.70 for vector weights
 0.35-0.5 and pools of 30-100; we take the middle of that plateau.
 
+Superseded facts: a unit whose validity has closed (``valid_to`` in the past,
+set by ``memos consolidate`` when a newer fact about the same subject came)
+has its score scaled by ``CLOSED_WEIGHT``, so the current fact ranks first
+and "what was it before" still finds the old one.
+
 Context (``attach_context``): a hit that is one turn of a conversation is
 often only half of what answers a question ("Did you go?" / "Yes, in May").
 The turns of one conversation are ``episode`` units of one cube with the same
@@ -45,7 +50,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -56,6 +61,7 @@ from .units import MemoryUnit, check_name, check_pinned
 WEIGHT_TEXT = 0.6
 WEIGHT_VECTOR = 0.4
 CANDIDATES_MIN = 50  # each retriever's pool holds at least this many
+CLOSED_WEIGHT = 0.5  # the score of a superseded fact (valid_to passed) is scaled by this
 
 
 @dataclass
@@ -130,6 +136,7 @@ class Hit:
             "vector": {"rank": sig.get("vector_rank"), "cosine": sig.get("cosine"), "norm": sig.get("vector_norm", 0.0),
                        "weight": WEIGHT_VECTOR},
             "context": self.context_reason or None,
+            "closed": {"valid_to": sig["closed"], "weight": CLOSED_WEIGHT} if "closed" in sig else None,
         }
 
     def to_json(self, explain: bool = False) -> dict[str, Any]:
@@ -251,9 +258,18 @@ def hybrid_search(
         rowid: WEIGHT_TEXT * sig.get("text_norm", 0.0) + WEIGHT_VECTOR * sig.get("vector_norm", 0.0)
         for rowid, sig in signals.items()
     }
-    best = sorted(scores, key=lambda rowid: (-scores[rowid], rowid))[:k]
-    if not best:
+    if not scores:
         return []
+    # A fact whose validity has closed (a newer one superseded it) ranks lower, so the
+    # current fact comes first; "what was it before" still finds it.
+    pool = list(scores)
+    now = datetime.now(UTC)
+    for rowid, closed in zip(pool, ds._take_rows(pool, columns=["valid_to"]).column("valid_to").to_pylist(),
+                             strict=True):
+        if closed is not None and closed <= now:
+            signals[rowid]["closed"] = closed.isoformat().replace("+00:00", "Z")
+            scores[rowid] *= CLOSED_WEIGHT
+    best = sorted(scores, key=lambda rowid: (-scores[rowid], rowid))[:k]
     names = set(ds.schema.names)  # a table not yet rebuilt in the current format lacks "pinned"
     rows = ds._take_rows(best, columns=[c for c in _COLUMNS if c in names]).to_pylist()  # lancedb's take_row_ids, without lancedb
     return [Hit(from_row(row), scores[rowid], signals[rowid]) for rowid, row in zip(best, rows, strict=True)]

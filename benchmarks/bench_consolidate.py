@@ -1,0 +1,131 @@
+"""`memos consolidate` at scale: 100k units of which 10% are planted near duplicates.
+
+Builds a store of --n units: 90% originals taken from a store built by
+bench_recall.py (their texts and MiniLM vectors; default /tmp/memos-100k-v2),
+and 10% planted duplicates of random originals, written the way people repeat
+themselves (bench_dedupe.variant: lower case without the full stop, a filler
+word, or "Note:" before it) and embedded with the store's model. The units are
+facts, so the superseded-facts rule reads them all too. Then it runs
+`memos consolidate --json` twice, each in its own process:
+
+- the first run: wall time, the phases' times, the process's peak RSS, and
+  the precision/recall of the merges against the planted pairs;
+- the second run, right after: it must find nothing to do and make no commit.
+
+Usage: python benchmarks/bench_consolidate.py [--source /tmp/memos-100k-v2] [--n 100000] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_dedupe import variant  # noqa: E402
+
+
+def build(root: Path, source: Path, n: int, share: float) -> tuple[set[tuple[str, str]], float]:
+    """The store, and the planted (original, duplicate) pairs."""
+    import lance
+
+    from memos_cli.core.store import MemoryStore
+    from memos_cli.core.units import build_unit
+    from memos_cli.models.embedder import default_embedder
+
+    n_orig = int(n * (1 - share))
+    n_dup = n - n_orig
+    table = lance.dataset(str(source / "tables" / "units.lance")).to_table(columns=["text", "vector"], limit=n_orig)
+    if table.num_rows < n_orig:
+        sys.exit(f"{source} has {table.num_rows} units; build one with: python benchmarks/bench_recall.py --keep DIR")
+    texts = table.column("text").to_pylist()
+    vectors = np.stack(table.column("vector").to_numpy(zero_copy_only=False)).astype(np.float32)
+    rng = random.Random(5)
+    picks = [rng.randrange(n_orig) for _ in range(n_dup)]
+    planted = [variant(texts[i], rng) for i in picks]
+    started = time.perf_counter()
+    embedder = default_embedder()
+    planted_vectors = embedder.embed(planted)
+    print(f"embedded {n_dup} planted duplicates in {time.perf_counter() - started:.1f}s")
+
+    store = MemoryStore(root, embedder=embedder)
+    store.init()
+    units = [build_unit(t, kind="fact") for t in texts] + [build_unit(t, kind="fact") for t in planted]  # ids in order
+    for unit, vec in zip(units, [*vectors, *planted_vectors], strict=True):
+        unit.vector, unit.model = vec.tolist(), embedder.model_id
+    started = time.perf_counter()
+    with store.transaction("import", cube="default") as txn:
+        store.save(txn, units, new=True)
+        txn.ids = [u.id for u in units]
+    built = time.perf_counter() - started
+    truth = {(units[i].id, units[n_orig + k].id) for k, i in enumerate(picks)}
+    return truth, built
+
+
+# `memos` itself, reporting its own peak RSS on stderr as it exits: VmHWM, which starts afresh at
+# exec (ru_maxrss does not: a child forked from this big process would report this one's size).
+SELF_PEAK = ("import atexit, re, runpy, sys; atexit.register(lambda: print('peak-rss-kib', re.search("
+             "r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1), file=sys.stderr)); "
+             "sys.argv[0] = 'memos'; runpy.run_module('memos_cli', run_name='__main__')")
+
+
+def run(root: Path) -> tuple[dict, float, float]:
+    """`memos consolidate --json` in a child: its report, wall seconds and peak RSS (MiB)."""
+    started = time.perf_counter()
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        child = subprocess.Popen([sys.executable, "-c", SELF_PEAK, "--store", str(root), "consolidate", "--json"],
+                                 stdout=out, stderr=err, text=True)
+        _, status, _ = os.wait4(child.pid, 0)
+        wall = time.perf_counter() - started
+        out.seek(0)
+        err.seek(0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            sys.exit(f"consolidate failed ({os.waitstatus_to_exitcode(status)}): {err.read().strip()}")
+        data, data_err = out.read(), err.read()
+    own = [line for line in data_err.splitlines() if line.startswith("peak-rss-kib ")]
+    rss = int(own[-1].split()[1]) / 1024 if own else float("nan")
+    return json.loads(data), wall, rss
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--source", default="/tmp/memos-100k-v2", type=Path)
+    ap.add_argument("--n", type=int, default=100_000)
+    ap.add_argument("--share", type=float, default=0.10, help="fraction of the units that are planted duplicates")
+    ap.add_argument("--keep", type=Path, help="build the store here and keep it (default: a temporary directory)")
+    args = ap.parse_args()
+
+    where = args.keep or Path(tempfile.mkdtemp(prefix="memos-consolidate-")) / "store"
+    if where.exists():
+        shutil.rmtree(where)
+    truth, built = build(where, args.source, args.n, args.share)
+    print(f"built {args.n} units ({len(truth)} planted duplicates) in one import commit: {built:.1f}s")
+
+    report, wall, rss = run(where)
+    found = {(a["units"][0], dup) for a in report["actions"] if a["action"] == "merge" and a["status"] == "done"
+             for dup in a["units"][1:]}
+    hit = len(found & truth)
+    phases = ", ".join(f"{k} {v:.1f}s" for k, v in report["timings"].items())
+    print(f"first run: {wall:.1f}s wall (its own {report['seconds']:.1f}s: {phases}); peak RSS {rss:.0f} MiB")
+    print(f"  {report['summary']}; commit {report['commit'] and report['commit'][:10]}")
+    print(f"  merges: pairs {len(found)}, planted {len(truth)}: precision {hit / max(1, len(found)):.3f}, "
+          f"recall {hit / len(truth):.3f}")
+    second, wall2, rss2 = run(where)
+    print(f"second run: {wall2:.1f}s wall, peak RSS {rss2:.0f} MiB: {second['summary']}, commit {second['commit']}")
+    if args.keep is None:
+        shutil.rmtree(where.parent, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
