@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -33,7 +32,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_dedupe import variant  # noqa: E402
+from bench_dedupe import plant  # noqa: E402
 
 
 def build(root: Path, source: Path, n: int, share: float) -> tuple[set[tuple[str, str]], float]:
@@ -51,9 +50,7 @@ def build(root: Path, source: Path, n: int, share: float) -> tuple[set[tuple[str
         sys.exit(f"{source} has {table.num_rows} units; build one with: python benchmarks/bench_recall.py --keep DIR")
     texts = table.column("text").to_pylist()
     vectors = np.stack(table.column("vector").to_numpy(zero_copy_only=False)).astype(np.float32)
-    rng = random.Random(5)
-    picks = [rng.randrange(n_orig) for _ in range(n_dup)]
-    planted = [variant(texts[i], rng) for i in picks]
+    picks, planted = plant(texts, n_dup)
     started = time.perf_counter()
     embedder = default_embedder()
     planted_vectors = embedder.embed(planted)
@@ -119,8 +116,8 @@ def main() -> None:
     phases = ", ".join(f"{k} {v:.1f}s" for k, v in report["timings"].items())
     print(f"first run: {wall:.1f}s wall (its own {report['seconds']:.1f}s: {phases}); peak RSS {rss:.0f} MiB")
     print(f"  {report['summary']}; commit {report['commit'] and report['commit'][:10]}")
-    print(f"  merges: pairs {len(found)}, planted {len(truth)}: precision {hit / max(1, len(found)):.3f}, "
-          f"recall {hit / len(truth):.3f}")
+    print(f"  merges: pairs {len(found)}, planted {len(truth)}, both {hit}: precision {hit / max(1, len(found)):.4f}, "
+          f"recall {hit / len(truth):.4f}")
     second, wall2, rss2 = run(where)
     print(f"second run: {wall2:.1f}s wall, peak RSS {rss2:.0f} MiB: {second['summary']}, commit {second['commit']}")
     if args.keep is None:

@@ -39,6 +39,13 @@ def variant(text: str, rng: random.Random) -> str:
     return f"Note: {text}"
 
 
+def plant(texts: list[str], n: int, seed: int = 5) -> tuple[list[int], list[str]]:
+    """``n`` duplicates of random texts: the index of each one's original, and its text."""
+    rng = random.Random(seed)
+    picks = [rng.randrange(len(texts)) for _ in range(n)]
+    return picks, [variant(texts[i], rng) for i in picks]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--store", default="/tmp/memos-100k")
@@ -60,9 +67,7 @@ def main() -> None:
     texts = table.column("text").to_pylist()[:n_orig]
     vectors = np.stack(table.column("vector").to_numpy(zero_copy_only=False)[:n_orig]).astype(np.float32)
 
-    rng = random.Random(5)
-    sources = [rng.randrange(n_orig) for _ in range(n_dup)]
-    planted = [variant(texts[s], rng) for s in sources]
+    sources, planted = plant(texts, n_dup)
     started = time.perf_counter()
     embedder = default_embedder()
     planted_vectors = embedder.embed(planted)

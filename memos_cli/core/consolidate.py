@@ -646,8 +646,12 @@ def _compact(store: MemoryStore, report: Report) -> None:
         store.compact()
         after = store.sizes()
         report.maintenance.append(f"compacted: {fragments} table fragments -> {store.table.fragments()}, "
-                                  f"tables {before['tables_bytes']} -> {after['tables_bytes']} bytes, "
-                                  f".git {before['git_bytes']} -> {after['git_bytes']} bytes")
+                                  f"tables {_mb(before['tables_bytes'])} -> {_mb(after['tables_bytes'])}, "
+                                  f".git {_mb(before['git_bytes'])} -> {_mb(after['git_bytes'])}")
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
 
 
 def log_line(report: Report, store_root: str) -> str:
