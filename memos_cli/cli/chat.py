@@ -33,10 +33,10 @@ def chat(
     budget: Annotated[int, typer.Option("--budget", metavar="TOKENS",
                                         help="Tokens of recalled memories per turn.", min=0)] = 1024,
     model: Annotated[str | None, typer.Option("--model", metavar="GGUF",
-                                              help="A GGUF chat model (default: [chat] model in memos.toml, "
+                                              help="A GGUF chat model (default: \\[chat] model in memos.toml, "
                                                    "else Gemma 3 270M).")] = None,
     n_ctx: Annotated[int | None, typer.Option("--ctx", metavar="TOKENS",
-                                              help="Context size (default: [chat] ctx, else 8192).", min=256)] = None,
+                                              help="Context size (default: \\[chat] ctx, else 8192).", min=256)] = None,
     temperature: Annotated[float, typer.Option("--temperature", metavar="T", help="0 decodes greedily.",
                                                min=0.0, max=2.0)] = 0.7,
     max_tokens: Annotated[int, typer.Option("--max-tokens", metavar="N", help="Longest answer.", min=1)] = 256,

@@ -76,6 +76,7 @@ def _load_commands() -> None:
 
 def _first_line(text: str | None) -> str:
     text = (text or "").split("\f")[0].strip()  # click hides what follows \f from --help
+    text = text.replace("\\[", "[")  # "\[" keeps rich's markup from eating "[chat]" in --help
     return " ".join(text.splitlines()[0].split()) if text else ""
 
 

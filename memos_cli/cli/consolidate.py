@@ -26,15 +26,17 @@ def consolidate(
     log: Annotated[Path | None, typer.Option("--log", metavar="FILE", help="Append one line about the run to FILE.",
                                              dir_okay=False)] = None,
 ) -> None:
-    """Merge duplicates, close superseded facts, expire, summarise old episodes, promote the
-    hottest memories into activation memory, and compact: one commit per run.
+    """Merge duplicates, close superseded facts, expire, summarise, promote: one commit per run.
 
-    The policy is the [consolidate.*] tables of memos.toml (`memos config show`).
-    Safe to run from cron: another writer waits at most for the short apply, a
-    second consolidate waits for the first, and a run with nothing to do
-    changes nothing and makes no commit. Exits 0 when every step ran, and 1
-    when one had to be skipped (a cache rebuild without its model, say): the
-    others still ran and committed, and stderr names what was skipped.
+    What it does is set by the \\[consolidate.*] tables of memos.toml
+    (memos config show). Safe to run from cron: the plan is made without
+    the store's lock (other writers wait only for its apply), a second
+    consolidate waits for the first, and a run with nothing to do changes
+    nothing and makes no commit.
+
+    Exits 0 when every step ran, and 1 when one had to be skipped (a cache
+    rebuild without its model, say): the others still ran and committed,
+    and stderr names what was skipped.
 
     Examples:
 
@@ -42,7 +44,7 @@ def consolidate(
 
       memos consolidate --cube work --json
 
-      crontab: 17 * * * *  memos consolidate --quiet --log ~/.memos-consolidate.log
+      memos consolidate --quiet --log ~/.memos-consolidate.log   (for cron)
     """
     from ..core.consolidate import consolidate as run
     from ..core.consolidate import log_line

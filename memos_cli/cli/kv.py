@@ -25,8 +25,8 @@ app.add_typer(kv_app, name="kv")
 CubeO = Annotated[str, typer.Option("--cube", metavar="CUBE", help="The cube.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 ModelO = Annotated[str | None, typer.Option("--model", metavar="GGUF",
-                                            help="The chat model (default: [chat] model in memos.toml, else Gemma 3 270M).")]
-CtxO = Annotated[int | None, typer.Option("--ctx", metavar="TOKENS", help="Context size (default: [chat] ctx, else 8192).",
+                                            help="The chat model (default: \\[chat] model in memos.toml, else Gemma 3 270M).")]
+CtxO = Annotated[int | None, typer.Option("--ctx", metavar="TOKENS", help="Context size (default: \\[chat] ctx, else 8192).",
                                           min=256)]
 
 
@@ -44,7 +44,7 @@ def build(
     ctx: typer.Context,
     pinned: Annotated[bool, typer.Option("--pinned", help="The cube's pinned memories (the default).")] = False,
     top: Annotated[int | None, typer.Option("--top", metavar="N", help="The pinned memories and the N hottest "
-                                            "others (access, recency, importance; [consolidate.heat]).",
+                                            "others (access, recency, importance; \\[consolidate.heat]).",
                                             min=1, max=10_000)] = None,
     query: Annotated[str | None, typer.Option("--query", metavar="TEXT", help="The memories recalled for TEXT.")] = None,
     k: Annotated[int, typer.Option("-k", metavar="N", help="How many memories --query recalls.", min=1, max=1000)] = 10,

@@ -46,7 +46,7 @@ def _filters(kind: str | None, tag: list[str] | None, cube: str | None, user: st
 def recall(
     ctx: typer.Context,
     query: Annotated[list[str] | None, typer.Argument(help="What to recall.", metavar="QUERY...", show_default=False)] = None,
-    k: Annotated[int | None, typer.Option("-k", metavar="N", help="How many results (default: [recall] k in "
+    k: Annotated[int | None, typer.Option("-k", metavar="N", help="How many results (default: \\[recall] k in "
                                           "memos.toml, 10).", min=1, max=1000)] = None,
     kind: KindF = None, tag: TagF = None, cube: CubeF = None, user: UserF = None,
     since: SinceF = None, until: UntilF = None, pinned: PinnedF = None,
