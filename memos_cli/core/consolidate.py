@@ -435,6 +435,8 @@ def consolidate(store: MemoryStore, *, cube: str | None = None, dry_run: bool = 
     started = time.perf_counter()
     say = progress or (lambda _msg: None)
     policy = store.config.consolidate  # a malformed policy fails here, before anything
+    if not dry_run:
+        store._check_writable()  # a store we may only read: one clear line, before the run's lock
     store._ensure_current()
     known = cubes(store)
     if cube is not None and cube not in known:
