@@ -262,10 +262,7 @@ def select_units(store: MemoryStore, cube: str, selection: Selection) -> list[Me
             if u.expires_at is None or u.expires_at > now]
     if selection.pinned:
         return _in_time_order(live, now)
-    policy = store.config.consolidate.heat
-    if selection.top != policy.activation_top:
-        policy = replace(policy, activation_top=selection.top or 0)
-    return heat_selection(live, policy, now)
+    return heat_selection(live, replace(store.config.consolidate.heat, activation_top=selection.top or 0), now)
 
 
 def _in_time_order(units: list[MemoryUnit], now: datetime) -> list[MemoryUnit]:

@@ -49,7 +49,7 @@ import numpy as np
 
 from .errors import LockedError, MemosError, NotFoundError
 from .lock import StoreLock
-from .units import MemoryUnit, build_unit, iso, utcnow
+from .units import MemoryUnit, build_unit, iso, parse_time, utcnow
 
 if TYPE_CHECKING:
     from ..models.generator import Generator
@@ -192,14 +192,8 @@ def snapshot(store: MemoryStore, cube: str) -> Snapshot:
         if unit.id in pending:
             n, last = pending[unit.id]
             unit.access_count += n
-            unit.last_accessed = max(filter(None, [unit.last_accessed, _parse(last)]))
+            unit.last_accessed = max(filter(None, [unit.last_accessed, parse_time(last)]))
     return Snapshot(cube, units, vectors)
-
-
-def _parse(value: str) -> datetime | None:
-    from .units import parse_time
-
-    return parse_time(value)
 
 
 # ---- the chat model, loaded once, only if a step needs it ---------------------------------
@@ -268,10 +262,7 @@ class Planner:
                 self.report.timed(name, since)
             actions += found
             for a in found:
-                if a.action in ("expire", "summarise"):
-                    used.update(a.units)
-                elif a.action == "merge":
-                    used.update(a.units[1:])
+                used.update(_archived(a))
         return actions
 
     def expiry(self, snap: Snapshot, used: set[str]) -> list[Action]:
@@ -512,13 +503,18 @@ def _identity(store: MemoryStore, policy: ConsolidatePolicy, report: Report) -> 
         return None
 
 
-def _leaving(action: Action) -> list[str]:
-    """The units an action archives or closes: they leave activation memory."""
+def _archived(action: Action) -> list[str]:
+    """The units an action archives (or forgets): they take no part in later steps."""
     if action.action in ("expire", "summarise"):
         return action.units
-    if action.action in ("merge", "supersede"):  # the duplicates; the older fact
+    if action.action == "merge":  # the duplicates
         return action.units[1:]
     return []
+
+
+def _leaving(action: Action) -> list[str]:
+    """The units an action archives or closes (the older fact): they leave activation memory."""
+    return action.units[1:] if action.action == "supersede" else _archived(action)
 
 
 def _apply(store: MemoryStore, report: Report, snaps: dict[str, Snapshot]) -> None:
@@ -644,12 +640,10 @@ def _compact(store: MemoryStore, report: Report) -> None:
     changed = any(a.status == "done" and a.action not in HEAT_ACTIONS for a in report.actions)
     fragments = store.table.fragments()
     if changed or fragments >= COMPACT_FRAGMENTS:
-        before = store.sizes()
-        store.compact()
-        after = store.sizes()
+        sizes = store.compact()
         report.maintenance.append(f"compacted: {fragments} table fragments -> {store.table.fragments()}, "
-                                  f"tables {_mb(before['tables_bytes'])} -> {_mb(after['tables_bytes'])}, "
-                                  f".git {_mb(before['git_bytes'])} -> {_mb(after['git_bytes'])}")
+                                  f"tables {_mb(sizes['tables_bytes_before'])} -> {_mb(sizes['tables_bytes_after'])}, "
+                                  f".git {_mb(sizes['git_bytes_before'])} -> {_mb(sizes['git_bytes_after'])}")
 
 
 def _mb(n: int) -> str:
