@@ -10,7 +10,11 @@ facts, so the superseded-facts rule reads them all too. Then it runs
 
 - the first run: wall time, the phases' times, the process's peak RSS, and
   the precision/recall of the merges against the planted pairs;
-- the second run, right after: it must find nothing to do and make no commit.
+- the second run, right after: it must find nothing to do and make no commit;
+- a routine run: after four single `memos add`s (one of them a repeat of an
+  old unit, written as people repeat themselves), `memos consolidate --json`
+  again: its wall time and phases, whether it was incremental, and whether it
+  merged the repeat into the old unit.
 
 Usage: python benchmarks/bench_consolidate.py [--source /tmp/memos-100k-v2] [--n 100000] [--keep DIR]
 """
@@ -77,8 +81,9 @@ SELF_PEAK = ("import atexit, re, runpy, sys; atexit.register(lambda: print('peak
              "sys.argv[0] = 'memos'; runpy.run_module('memos_cli', run_name='__main__')")
 
 
-def run(root: Path) -> tuple[dict, float, float]:
-    """`memos consolidate --json` in a child: its report, wall seconds and peak RSS (MiB)."""
+def run(root: Path, name: str) -> tuple[dict, float, float]:
+    """`memos consolidate --json` in a child: its report, wall seconds and peak RSS (MiB). The report is
+    also kept next to the store, as ``consolidate-NAME.json``."""
     started = time.perf_counter()
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         child = subprocess.Popen([sys.executable, "-c", SELF_PEAK, "--store", str(root), "consolidate", "--json"],
@@ -92,7 +97,42 @@ def run(root: Path) -> tuple[dict, float, float]:
         data, data_err = out.read(), err.read()
     own = [line for line in data_err.splitlines() if line.startswith("peak-rss-kib ")]
     rss = int(own[-1].split()[1]) / 1024 if own else float("nan")
+    (root.parent / f"consolidate-{name}.json").write_text(data)
     return json.loads(data), wall, rss
+
+
+ROUTINE_ADDS = ("The boiler service is booked for Tuesday at 9am.",
+                "Ask Sam whether the train tickets to Porto are refundable.",
+                "The spare key for the bike lock is in the kitchen drawer.")
+
+
+def routine(root: Path, truth: set[tuple[str, str]]) -> None:
+    """Four single adds, one a repeat of an old unit that no planted pair involves, then a run."""
+    import lance
+
+    involved = {i for pair in truth for i in pair}
+    rows = lance.dataset(str(root / "tables" / "units.lance")).to_table(
+        columns=["id", "text"], filter="status = 'active'", limit=2000).to_pylist()
+    old = next(r for r in rows if r["id"] not in involved)
+    texts = [*ROUTINE_ADDS[:2], f"Note: {old['text']}", ROUTINE_ADDS[2]]
+    added, walls = [], []
+    for text in texts:
+        started = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "memos_cli", "--store", str(root), "add", text, "--json"],
+                              capture_output=True, text=True)
+        walls.append(time.perf_counter() - started)
+        if done.returncode != 0:
+            sys.exit(f"memos add failed: {done.stderr.strip()}")
+        added.append(json.loads(done.stdout)["id"])
+    report, wall, rss = run(root, "routine")
+    phases = ", ".join(f"{k} {v:.2f}s" for k, v in report["timings"].items())
+    merged = [a["units"] for a in report["actions"] if a["action"] == "merge" and a["status"] == "done"]
+    scope = report.get("scope", {}).get("default", {})
+    print(f"routine run (after {len(texts)} single adds of {min(walls):.1f}-{max(walls):.1f}s, one a repeat of "
+          f"{old['id'][:10]}): {wall:.2f}s wall (its own {report['seconds']:.2f}s: {phases}); peak RSS {rss:.0f} MiB")
+    print(f"  mode {report.get('mode')} ({json.dumps(scope)}); {report['summary']}; commit "
+          f"{report['commit'] and report['commit'][:10]}; the repeat merged into the old unit: "
+          f"{[old['id'], added[2]] in merged}")
 
 
 def main() -> None:
@@ -109,7 +149,7 @@ def main() -> None:
     truth, built = build(where, args.source, args.n, args.share)
     print(f"built {args.n} units ({len(truth)} planted duplicates) in one import commit: {built:.1f}s")
 
-    report, wall, rss = run(where)
+    report, wall, rss = run(where, "first")
     found = {(a["units"][0], dup) for a in report["actions"] if a["action"] == "merge" and a["status"] == "done"
              for dup in a["units"][1:]}
     hit = len(found & truth)
@@ -118,8 +158,12 @@ def main() -> None:
     print(f"  {report['summary']}; commit {report['commit'] and report['commit'][:10]}")
     print(f"  merges: pairs {len(found)}, planted {len(truth)}, both {hit}: precision {hit / max(1, len(found)):.4f}, "
           f"recall {hit / len(truth):.4f}")
-    second, wall2, rss2 = run(where)
-    print(f"second run: {wall2:.1f}s wall, peak RSS {rss2:.0f} MiB: {second['summary']}, commit {second['commit']}")
+    for a in [a for a in report["actions"] if a["status"] == "skipped"][:5]:
+        print(f"  skipped: {a['action']} {' '.join(a['units'])}: {a.get('note', '')}")
+    second, wall2, rss2 = run(where, "second")
+    print(f"second run: {wall2:.1f}s wall, peak RSS {rss2:.0f} MiB: {second['summary']}, commit {second['commit']}, "
+          f"mode {second.get('mode')}")
+    routine(where, truth)
     if args.keep is None:
         shutil.rmtree(where.parent, ignore_errors=True)
 

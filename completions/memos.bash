@@ -107,7 +107,7 @@ _memos()
                     return 0 ;;
             esac
             if [[ $cur == -* ]]; then
-                COMPREPLY=($(compgen -W "--cube --dry-run -n --json --quiet -q --log --help -h" -- "$cur"))
+                COMPREPLY=($(compgen -W "--cube --dry-run -n --full --json --quiet -q --log --help -h" -- "$cur"))
             fi
             ;;
         demo)

@@ -112,6 +112,7 @@ complete -c memos -n '__memos_using config' -l help -s h -d 'Show this message a
 # memos consolidate
 complete -c memos -n '__memos_using consolidate' -l cube -x -d 'Only this cube (default: every cube).'
 complete -c memos -n '__memos_using consolidate' -l dry-run -s n -d 'Show the plan; change nothing.'
+complete -c memos -n '__memos_using consolidate' -l full -d 'Read every unit, even where only what changed since the last run would be compared.'
 complete -c memos -n '__memos_using consolidate' -l json -d 'Print the plan and what was done as JSON.'
 complete -c memos -n '__memos_using consolidate' -l quiet -s q -d 'Print nothing when nothing changed (for cron); skipped steps still go to stderr.'
 complete -c memos -n '__memos_using consolidate' -l log -r -F -d 'Append one line about the run to FILE.'

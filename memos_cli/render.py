@@ -1,23 +1,68 @@
-"""Rich rendering of units, hits and stats for people; JSON is in the commands."""
+"""Rich rendering of units, hits and stats for people; JSON is in the commands.
+
+Everything from memory (text, tags, meta, names, commit subjects) goes
+through ``printable`` (or ``safe``, inside markup and table cells) before it
+reaches the terminal, and times are shown in the local time zone; the JSON
+output keeps the exact text, and times in UTC.
+"""
 
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .core.units import MemoryUnit, iso
+from .core.units import TIME_FIELDS, MemoryUnit
 
 console = Console()
 
+# C0 controls but newline and tab, DEL and the C1 controls: ESC starts the sequences that
+# recolour a terminal, set its title (OSC 0) or write its clipboard (OSC 52); 0x9b is a
+# one-byte CSI for terminals that take C1 controls, 0x07 ends an OSC.
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: object) -> str:
+    """Text from memory, safe to print on a terminal: each control character is shown
+    as a visible escape (ESC as ``\\x1b``); newlines and tabs stay."""
+    return _CONTROL_RE.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
+
+
+def safe(text: object) -> str:
+    """``printable``, with rich markup escaped too: for text in a markup string or a table cell,
+    so that ``[red]x[/red]`` in a memory prints as it is."""
+    return escape(printable(text))
+
+
+def local_time(value: Any, date_only: bool = False) -> str:
+    """A time (a datetime, or ISO 8601 text as ``to_json`` gives) in the local time zone, for people:
+    ``2024-05-08T13:56:00+02:00``, or with ``date_only`` the local date. JSON keeps UTC."""
+    if value is None or value == "":
+        return ""
+    dt = value
+    if isinstance(value, str):
+        try:
+            dt = datetime.fromisoformat(value.replace("Z", "+00:00") if value.endswith("Z") else value)
+        except ValueError:
+            return printable(value)
+    if not isinstance(dt, datetime):
+        return printable(value)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    try:
+        dt = dt.astimezone()
+    except (OverflowError, ValueError):  # 9999-12-31T23:00Z is past the end of time east of Greenwich
+        dt = dt.astimezone(UTC)
+    return dt.strftime("%Y-%m-%d") if date_only else dt.isoformat(timespec="seconds")
+
 
 def _short_time(value: Any) -> str:
-    """The date of a time, for tables; `show` and --json give the whole time."""
-    text = iso(value) if value is not None and not isinstance(value, str) else (value or "")
-    return text[:10]
+    """The local date of a time, for tables; `show` gives the whole time and --json the time in UTC."""
+    return local_time(value, date_only=True)
 
 
 def _clip(text: str, width: int = 100) -> str:
@@ -25,29 +70,35 @@ def _clip(text: str, width: int = 100) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _cell(text: str, width: int = 100) -> str:
+    """Text from memory for a table cell: on one line, clipped, made safe."""
+    return safe(_clip(text, width))
+
+
 def units_table(units: list[MemoryUnit], title: str | None = None) -> None:
     table = Table(title=title, show_lines=False, header_style="bold")
     for col in ("id", "time", "kind", "cube", "tags", "text"):
         table.add_column(col, overflow="fold" if col == "text" else "ellipsis", no_wrap=col != "text")
     for u in units:
-        table.add_row(u.id, _short_time(u.time), u.kind, u.cube, ",".join(u.tags), _clip(u.text))
+        table.add_row(safe(u.id), _short_time(u.time), safe(u.kind), safe(u.cube), safe(",".join(u.tags)),
+                      _cell(u.text))
     console.print(table)
 
 
 def hits_table(hits: list[Any], query: str, explain: bool = False) -> None:
     if not hits:
-        console.print(f"[dim]nothing recalled for {query!r}[/dim]")
+        console.print(f"[dim]nothing recalled for {safe(repr(query))}[/dim]")
         return
     table = Table(header_style="bold", show_lines=explain)
     columns = ("score", "id", "time", "kind", "text") + (("why",) if explain else ())
     for col in columns:
         table.add_column(col, overflow="fold" if col in ("text", "why") else "ellipsis", no_wrap=col not in ("text", "why"))
     for h in hits:
-        text = escape(_clip(h.unit.text, 140))
+        text = _cell(h.unit.text, 140)
         if h.before or h.after:  # context turns, dimmed around the hit
-            text = "\n".join([*(f"[dim]{escape(_clip(u.text, 140))}[/dim]" for u in h.before), text,
-                              *(f"[dim]{escape(_clip(u.text, 140))}[/dim]" for u in h.after)])
-        row = [f"{h.score:.4f}", h.unit.id, _short_time(h.unit.time), h.unit.kind, text]
+            text = "\n".join([*(f"[dim]{_cell(u.text, 140)}[/dim]" for u in h.before), text,
+                              *(f"[dim]{_cell(u.text, 140)}[/dim]" for u in h.after)])
+        row = [f"{h.score:.4f}", safe(h.unit.id), _short_time(h.unit.time), safe(h.unit.kind), text]
         if explain:
             e = h.explain()
             parts = [f"text #{e['text']['rank']} bm25 {e['text']['bm25']} -> {e['text']['norm']:.2f} x {e['text']['weight']}"
@@ -57,8 +108,8 @@ def hits_table(hits: list[Any], query: str, explain: bool = False) -> None:
             if e["context"]:
                 parts.append(f"context: {e['context']}")
             if e["closed"]:
-                parts.append(f"superseded since {e['closed']['valid_to'][:10]}: x {e['closed']['weight']}")
-            row.append(escape("\n".join(parts)))
+                parts.append(f"superseded since {local_time(e['closed']['valid_to'], True)}: x {e['closed']['weight']}")
+            row.append(safe("\n".join(parts)))
         table.add_row(*row)
     console.print(table)
 
@@ -72,10 +123,16 @@ def unit_detail(unit: MemoryUnit) -> None:
     for key, value in data.items():
         if value is None or (not isinstance(value, bool) and value in ([], {}, "")):
             continue
-        table.add_row(key, ("yes" if value else "no") if isinstance(value, bool) else str(value))
+        if isinstance(value, bool):
+            shown = "yes" if value else "no"
+        elif key in TIME_FIELDS:
+            shown = local_time(value)
+        else:
+            shown = str(value)
+        table.add_row(key, safe(shown))
     console.print(table)
     console.print()
-    console.print(text, markup=False, highlight=False)
+    console.print(printable(text), markup=False, highlight=False)
 
 
 def stats_view(stats: dict[str, Any]) -> None:
@@ -87,7 +144,7 @@ def stats_view(stats: dict[str, Any]) -> None:
             value = ", ".join(f"{k} {v}" for k, v in value.items()) or "-"
         elif key.endswith("_bytes"):
             value = human_bytes(value)
-        table.add_row(key.replace("_bytes", "").replace("_", " "), str(value))
+        table.add_row(safe(key.replace("_bytes", "").replace("_", " ")), safe(value))
     console.print(table)
 
 
@@ -113,11 +170,12 @@ def log_table(commits: list[Any]) -> None:
         what = c.subject
         if c.op != "git":  # "op: what (cube C, user U)": op, cube and user have their columns
             what = re.sub(r" \(cube [^)]*\)$", "", what.split(": ", 1)[-1])
-        table.add_row(c.sha[:10], when, data["user"], c.op, units, what)
+        table.add_row(c.sha[:10], when, safe(data["user"]), safe(c.op), units, safe(what))
     console.print(table)
 
 
 def _value(value: Any) -> str:
+    """A field's value as text (lists and objects as JSON); not yet made printable."""
     import json
 
     return json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else value
@@ -126,7 +184,7 @@ def _value(value: Any) -> str:
 def _text_lines(lines: list[str], indent: str = "    ") -> None:
     for line in lines:
         style = "green" if line.startswith("+") else "red" if line.startswith("-") else "dim"
-        console.print(f"{indent}{line}", style=style, markup=False, highlight=False)
+        console.print(f"{indent}{printable(line)}", style=style, markup=False, highlight=False)
 
 
 def diff_view(diff: Any, usage: bool = False) -> None:
@@ -139,19 +197,22 @@ def diff_view(diff: Any, usage: bool = False) -> None:
     console.print(head, highlight=False)
     for c in shown:
         if c.change == "added":
-            console.print(f"[green]+ {c.id}[/green] {escape(f'[{c.new.kind}]')} {escape(_clip(c.new.text))}",
+            console.print(f"[green]+ {safe(c.id)}[/green] {safe(f'[{c.new.kind}]')} {_cell(c.new.text)}",
                           highlight=False)
         elif c.change == "removed":
-            console.print(f"[red]- {c.id}[/red] {escape(f'[{c.old.kind}]')} {escape(_clip(c.old.text))}",
+            console.print(f"[red]- {safe(c.id)}[/red] {safe(f'[{c.old.kind}]')} {_cell(c.old.text)}",
                           highlight=False)
         else:
             versions = f" version {c.old.version} -> {c.new.version}" if c.old.version != c.new.version else ""
-            console.print(f"[yellow]~ {c.id}[/yellow]{versions}", highlight=False)
+            console.print(f"[yellow]~ {safe(c.id)}[/yellow]{versions}", highlight=False)
             old, new = c.old.to_json(), c.new.to_json()
             for name in c.fields:
-                if name != "text":
-                    console.print(f"    {name}: {_value(old[name])} -> {_value(new[name])}", markup=False,
-                                  highlight=False)
+                if name in TIME_FIELDS:
+                    console.print(f"    {name}: {local_time(old[name]) or 'null'} -> {local_time(new[name]) or 'null'}",
+                                  markup=False, highlight=False)
+                elif name != "text":
+                    console.print(f"    {name}: {printable(_value(old[name]))} -> {printable(_value(new[name]))}",
+                                  markup=False, highlight=False)
             if "text" in c.fields:
                 console.print("    text:")
                 _text_lines(c.text_diff(), "      ")
@@ -165,22 +226,22 @@ def versions_view(versions: list[Any]) -> None:
         label = f"v{unit.version} {unit.status}" if unit else "removed"
         fields = [f for f in v.fields if f not in ("updated_at", "version")]
         what = "created" if not v.fields else ", ".join(fields) or "touched"
-        console.print(f"[yellow]{c.sha[:10]}[/yellow] {when} {escape(c.to_json()['user'])} [bold]{c.op}[/bold] "
-                      f"{label}: {escape(what)}", highlight=False)
+        console.print(f"[yellow]{c.sha[:10]}[/yellow] {when} {safe(c.to_json()['user'])} [bold]{safe(c.op)}[/bold] "
+                      f"{safe(label)}: {safe(what)}", highlight=False)
         if unit and (not v.fields or "text" in v.fields or "restored" in v.fields):
             for line in unit.text.splitlines() or [""]:
-                console.print(f"    {line}", markup=False, highlight=False)
+                console.print(f"    {printable(line)}", markup=False, highlight=False)
 
 
 def check_view(report: Any) -> None:
     for line in report.repaired:
-        console.print(f"[green]repaired:[/green] {line}", highlight=False)
+        console.print(f"[green]repaired:[/green] {safe(line)}", highlight=False)
     for p in report.problems:
         state = "[green]fixed[/green]" if p.fixed else "[red]problem[/red]"
         hint = " (memos check --repair fixes it)" if p.fixable and not p.fixed else ""
-        console.print(f"{state} {escape(f'[{p.area}]')} {escape(p.message)}{hint}", highlight=False)
+        console.print(f"{state} {safe(f'[{p.area}]')} {safe(p.message)}{hint}", highlight=False)
     if report.ok:
-        console.print(f"[green]ok[/green]: {report.units} units at {str(report.head)[:10]}, the search table "
+        console.print(f"[green]ok[/green]: {report.units} units at {safe(str(report.head)[:10])}, the search table "
                       f"({report.rows} rows), embeddings and indexes are in step", highlight=False)
 
 
@@ -198,10 +259,10 @@ def kv_table(records: list[Any]) -> None:
                          justify="right" if col in ("units", "tokens", "size") else "left")
     for a in records:
         style = _KV_STATUS_STYLE.get(a.status, "")
-        status = f"[{style}]{escape(a.status)}[/{style}]" if style else escape(a.status)
+        status = f"[{style}]{safe(a.status)}[/{style}]" if style else safe(a.status)
         if a.reason and a.status != "current":
-            status += f" [dim]({escape(a.reason)})[/dim]"
-        table.add_row(a.id, a.cube, escape(a.selection.describe()), str(len(a.sources)), str(a.n_tokens),
+            status += f" [dim]({safe(a.reason)})[/dim]"
+        table.add_row(safe(a.id), safe(a.cube), safe(a.selection.describe()), str(len(a.sources)), str(a.n_tokens),
                       human_bytes(a.bytes), status)
     console.print(table)
 
@@ -219,14 +280,14 @@ def kv_detail(record: Any, with_text: bool) -> None:
     for key, value in data.items():
         if value in (None, ""):
             continue
-        table.add_row(key, escape(str(value)))
-    table.add_row("model", escape(f"{model.get('name')} ({model.get('arch')}), sha256 {model.get('sha256')}, "
-                                  f"ctx {model.get('n_ctx')}"))
-    table.add_row("units", escape(", ".join(f"{u['id']} v{u['version']}" for u in units)))
+        table.add_row(key, local_time(value) if key == "created_at" else safe(value))
+    table.add_row("model", safe(f"{model.get('name')} ({model.get('arch')}), sha256 {model.get('sha256')}, "
+                                f"ctx {model.get('n_ctx')}"))
+    table.add_row("units", safe(", ".join(f"{u['id']} v{u['version']}" for u in units)))
     console.print(table)
     if with_text:
         console.print()
-        console.print(record.preamble, markup=False, highlight=False)
+        console.print(printable(record.preamble), markup=False, highlight=False)
 
 
 _ACTION_STYLE = {"done": "green", "planned": "cyan", "skipped": "yellow"}
@@ -241,11 +302,12 @@ def consolidate_view(report: Any) -> None:
             table.add_column(col, overflow="fold" if wrap else "ellipsis", no_wrap=not wrap)
         for a in report.actions:
             style = _ACTION_STYLE.get(a.status, "")
-            status = f"[{style}]{a.status}[/{style}]" + (f" [dim]({escape(a.note)})[/dim]" if a.note else "")
+            status = f"[{style}]{safe(a.status)}[/{style}]" + (f" [dim]({safe(a.note)})[/dim]" if a.note else "")
             units = " ".join(a.units) if len(a.units) <= 6 else " ".join(a.units[:5]) + f" … (+{len(a.units) - 5})"
-            table.add_row(a.action, a.cube, units, escape(a.reason), status)
+            table.add_row(safe(a.action), safe(a.cube), safe(units), safe(a.reason), status)
         console.print(table)
     for line in report.maintenance:
-        console.print(f"[dim]{escape(line)}[/dim]")
+        console.print(f"[dim]{safe(line)}[/dim]")
     commit = f" (commit {report.commit[:10]})" if report.commit else ""
-    console.print(f"{escape(report.summary())}{commit} in {report.seconds:.1f}s")
+    mode = f" ({report.mode}: only what changed since the last run)" if report.mode == "incremental" else ""
+    console.print(f"{safe(report.summary())}{commit} in {report.seconds:.1f}s{mode}")

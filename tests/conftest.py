@@ -43,7 +43,9 @@ def store(tmp_path: Path, embedder):
 
 
 def git(root: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, check=True).stdout
+    # As a user whose files are private (umask 077): a hand commit's .git/COMMIT_EDITMSG is not opened to others
+    return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, check=True,
+                          umask=0o077).stdout
 
 
 def head(root: Path) -> str:

@@ -60,8 +60,19 @@ def load_commands() -> None:
         importlib.import_module(f".{module}", __package__)
 
 
+def _say_notes(exc: BaseException) -> None:
+    """What happened after the error (a failed undo, say), each on a line after it."""
+    for note in getattr(exc, "__notes__", []):
+        print(f"memos: {note}", file=sys.stderr)
+
+
 def main() -> None:
     """Console entry point: run the app; a ``MemosError`` becomes one line on stderr."""
+    # What memos writes is private (files 0600, directories 0700), as with ssh and gpg: the
+    # store's own files get these modes anyway, but memory text also reaches files written
+    # by others with the umask (git's checkout of unit files, LanceDB's data files written
+    # from Rust, KV caches, the editor's temporary file). The user's umask can only add to it.
+    os.umask(os.umask(0o077) | 0o077)
     load_commands()
 
     try:
@@ -77,6 +88,7 @@ def main() -> None:
         sys.exit(getattr(exc, "exit_code", 2))
     except MemosError as exc:
         print(f"memos: error: {exc}", file=sys.stderr)
+        _say_notes(exc)
         sys.exit(exc.exit_code)
     except (KeyboardInterrupt, typer.Abort):
         print("memos: interrupted", file=sys.stderr)
@@ -89,6 +101,7 @@ def main() -> None:
             raise
         print(f"memos: internal error: {type(exc).__name__}: {exc} (MEMOS_DEBUG=1 shows the traceback)",
               file=sys.stderr)
+        _say_notes(exc)
         sys.exit(70)
     if code == 130:  # typer turns Ctrl-C inside a command into exit code 130
         print("memos: interrupted", file=sys.stderr)

@@ -48,7 +48,7 @@ def edit(
 
       memos edit 01jd3x7k9m --meta source=email --untag draft
     """
-    from ..core.units import check_text, parse_meta_pairs, parse_time
+    from ..core.units import check_importance, check_meta, check_tags, check_text, parse_meta_pairs, parse_time
 
     store = open_existing_store(ctx)
     unit = store.get(unit_id)
@@ -60,7 +60,7 @@ def edit(
             changes["text"] = check_text(read_source("-", "text") if text == "-" else text)
         if tag or untag:
             tags = [t for t in unit.tags if t not in (untag or [])]
-            changes["tags"] = tags + [t for t in (tag or []) if t not in tags]
+            changes["tags"] = tags + [t for t in check_tags(tag or []) if t not in tags]
         if meta:
             updated = dict(unit.meta)
             for pair in meta:
@@ -68,11 +68,11 @@ def edit(
                     updated.pop(pair[:-1].strip(), None)
                 else:
                     updated.update(parse_meta_pairs([pair]))
-            changes["meta"] = updated
+            changes["meta"] = check_meta(updated)
         if kind is not None:
             changes["kind"] = kind
         if importance is not None:
-            changes["importance"] = importance
+            changes["importance"] = check_importance(importance)
         if time_ is not None:
             changes["time"] = parse_time(time_, "--time")
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Annotated, Any
@@ -142,7 +143,7 @@ def _start(ctx: typer.Context, options: Any, model: str | None, n_ctx: int | Non
 
 def _interactive(session: Any) -> None:
     """A read-eval-print loop with line editing and history (readline)."""
-    _setup_readline()
+    _setup_readline(session.store)
     head = session.head
     where = f"activation memory {head.activation}" if head.source == "kv" else "prefilled"
     print(f"memos chat: {session.generator.identity.name}, cube {session.options.cube}, "
@@ -187,8 +188,10 @@ def _command(session: Any, line: str) -> bool:
         if turn is None:
             print("no turn yet", file=sys.stderr)
         else:
+            from ..render import printable  # memory text is data: no escape sequence reaches the terminal
+
             for unit in turn.memories:
-                print(f"  {unit.id}  {' '.join(unit.text.split())[:100]}", file=sys.stderr)
+                print(f"  {unit.id}  {printable(' '.join(unit.text.split())[:100])}", file=sys.stderr)
             if not turn.memories:
                 print("  (nothing recalled fit the budget)", file=sys.stderr)
         print(f"memory block: {len(session.head.units)} units, {len(session.head.tokens)} tokens", file=sys.stderr)
@@ -211,29 +214,41 @@ def _command(session: Any, line: str) -> bool:
     return False
 
 
-def _setup_readline() -> None:
+def _setup_readline(store: Any) -> None:
+    """Line editing, with the store's own line history (``.git/memos/chat_history``, private: what
+    was typed may hold what a purge must remove, and `memos purge` clears it)."""
     try:
         import readline
     except ImportError:  # not on every platform; input() still works
         return
     import atexit
 
-    from ..models.registry import cache_dir
+    from ..core.purge import chat_history_path, purge_mark
 
-    try:
-        path = cache_dir() / "chat_history"
-    except MemosError:
-        return
+    path = chat_history_path(store)
     try:
         readline.read_history_file(path)
     except OSError:
         pass
     readline.set_history_length(1000)
-    atexit.register(lambda: _save_history(readline, path))
+    mark = purge_mark(store)
+    atexit.register(lambda: _save_history(readline, store, mark))
 
 
-def _save_history(readline: Any, path: Any) -> None:
+def _save_history(readline: Any, store: Any, mark: str) -> None:
+    """Write the session's line history, unless a purge ran since the session began: its lines
+    may hold what was purged. Under the store's lock, so that a purge comes wholly before or after."""
+    from ..core.purge import chat_history_path, purge_mark
+
+    path = chat_history_path(store)
     try:
-        readline.write_history_file(path)
-    except OSError:
-        pass
+        with store.locked():
+            if purge_mark(store) != mark:
+                print("memos: this session's line history was not saved: a purge ran meanwhile", file=sys.stderr)
+                return
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+            os.chmod(path, 0o600)
+            readline.write_history_file(str(path))
+            os.chmod(path, 0o600)
+    except (MemosError, OSError) as exc:
+        print(f"memos: this session's line history was not saved: {exc}", file=sys.stderr)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,10 @@ from ..core.errors import UsageError
 
 def open_store(ctx: typer.Context) -> Any:
     """The ``MemoryStore`` named by ``--store``/``$MEMOS_HOME``/``~/.memos``."""
+    from ..core import lock
     from ..core.store import MemoryStore
 
+    lock.command = ctx.command_path  # "memos config set": what the lock's holder is doing, for those who wait
     obj = ctx.ensure_object(dict)
     if "store" not in obj:
         obj["store"] = MemoryStore(resolve_store_path(obj.get("store_path")))
@@ -64,17 +67,24 @@ def read_source(source: str, what: str) -> str:
         raise UsageError(f"{what} from {name} is not valid UTF-8 (byte {exc.start})") from None
 
 
-def read_json_lines(source: str) -> list[tuple[int, Any]]:
-    """(line number, object) for each non-blank line; a bad line names its number."""
-    records = []
-    for lineno, line in enumerate(read_source(source, "input").splitlines(), 1):
+def iter_json_lines(text: str) -> Iterator[tuple[int, Any]]:
+    """(line number, object) for each non-blank line of ``text``, parsed when it is reached.
+
+    Strict JSON: NaN and Infinity are refused. A caller that checks each
+    record as it comes reports the first bad line, bad JSON or not.
+    """
+    from ..core.units import loads_strict
+
+    # Lines end at "\n" only: str.splitlines() would also cut at U+2028, U+0085 and the like,
+    # which JSON allows unescaped inside a string.
+    for lineno, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:
-            records.append((lineno, json.loads(line)))
+            record = loads_strict(line)
         except ValueError as exc:
-            raise UsageError(f"line {lineno}: not valid JSON ({exc.msg})") from None
-    return records
+            raise UsageError(f"line {lineno}: not valid JSON ({getattr(exc, 'msg', exc)})") from None
+        yield lineno, record
 
 
 def confirm(action: str, items: list[str], yes: bool, *, required: bool) -> None:
@@ -91,9 +101,11 @@ def confirm(action: str, items: list[str], yes: bool, *, required: bool) -> None
         if required:
             raise UsageError(f"refusing to {action} without --yes (there is no terminal to ask on)")
         return
+    from ..render import printable
+
     for text in items[:5]:
         line = " ".join(text.split())
-        print(f"  {line[:90]}{'…' if len(line) > 90 else ''}", file=sys.stderr)
+        print(f"  {printable(line[:90])}{'…' if len(line) > 90 else ''}", file=sys.stderr)
     if len(items) > 5:
         print(f"  … and {len(items) - 5} more", file=sys.stderr)
     print(f"{action}? [y/N] ", end="", file=sys.stderr, flush=True)

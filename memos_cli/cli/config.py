@@ -104,10 +104,13 @@ def get(ctx: typer.Context, key: KeyArg, json_out: JsonOpt = False) -> None:
     if json_out:
         print_json(setting.to_json())
     else:
-        print(_plain(setting.value))
+        from ..render import printable
+
+        print(printable(_plain(setting.value)))
 
 
-@config_app.command("set")
+# ignore_unknown_options: VALUE may be a negative number (-1), which click would take for an option.
+@config_app.command("set", context_settings={"ignore_unknown_options": True})
 def set_(
     ctx: typer.Context,
     key: KeyArg,
@@ -120,8 +123,8 @@ def set_(
     VALUE is read as TOML when it is valid TOML (numbers, true/false, arrays,
     quoted strings), else as a bare string. The whole config is checked
     first: an unknown key, a bad value or a read-only one changes nothing.
-    Setting the value it already has makes no commit. Begin a negative
-    number with -- (memos config set KEY -- -1).
+    Setting the value it already has makes no commit. A negative number
+    needs no -- (memos config set KEY -1).
 
     Examples:
 

@@ -20,6 +20,8 @@ def consolidate(
     cube: Annotated[str | None, typer.Option("--cube", metavar="CUBE", help="Only this cube (default: every cube).")]
     = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", "-n", help="Show the plan; change nothing.")] = False,
+    full: Annotated[bool, typer.Option("--full", help="Read every unit, even where only what changed since "
+                                       "the last run would be compared.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the plan and what was done as JSON.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing when nothing changed (for cron); "
                                         "skipped steps still go to stderr.")] = False,
@@ -32,7 +34,9 @@ def consolidate(
     (memos config show). Safe to run from cron: the plan is made without
     the store's lock (other writers wait only for its apply), a second
     consolidate waits for the first, and a run with nothing to do changes
-    nothing and makes no commit.
+    nothing and makes no commit. A routine run compares only the memories
+    changed since the last run with their nearest neighbours; the first run,
+    a changed policy or --full reads everything.
 
     Exits 0 when every step ran, and 1 when one had to be skipped (a cache
     rebuild without its model, say): the others still ran and committed,
@@ -57,7 +61,7 @@ def consolidate(
         def progress(message: str) -> None:
             print(f"memos: {message}…", file=sys.stderr)
     try:
-        report = run(store, cube=cube, dry_run=dry_run, progress=progress)
+        report = run(store, cube=cube, dry_run=dry_run, full=full, progress=progress)
     except MemosError as exc:  # the log says a run failed too (cron's mail says why)
         if log is not None:
             _append(log, f"{iso(utcnow())} store={store.root} error: {exc}\n")

@@ -9,7 +9,7 @@ import typer
 
 from ..core.errors import UsageError
 from .app import app
-from .common import open_existing_store, print_json, read_json_lines, say_notices
+from .common import iter_json_lines, open_existing_store, print_json, read_source, say_notices
 
 KindF = Annotated[str | None, typer.Option("--kind", metavar="KIND", help="Only this kind.")]
 TagF = Annotated[list[str] | None, typer.Option("--tag", "-t", metavar="TAG",
@@ -77,9 +77,8 @@ def recall(
         raise UsageError("give either a query or --batch, not both")
     filters = _filters(kind, tag, cube, user, since, until, pinned=pinned)
     if batch is not None:
-        records = read_json_lines(batch)
         queries, ks = [], []
-        for lineno, rec in records:
+        for lineno, rec in iter_json_lines(read_source(batch, "input")):  # checked in order: the first bad line is named
             if not isinstance(rec, dict) or not isinstance(rec.get("query"), str) or not rec["query"].strip():
                 raise UsageError(f"line {lineno}: expected {{\"query\": \"...\", \"k\": N}}")
             kk = rec.get("k", k)  # None: [recall] k of memos.toml

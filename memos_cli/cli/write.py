@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from .app import app
-from .common import open_store, print_json, read_json_lines, read_source, say_notices
+from .common import iter_json_lines, open_store, print_json, read_source, say_notices
 
 KindOpt = Annotated[str, typer.Option("--kind", metavar="KIND", help="fact, preference, episode, note, or a word of your own.")]
 TagOpt = Annotated[list[str] | None, typer.Option("--tag", "-t", metavar="TAG", help="A tag; repeat for more.")]
@@ -96,7 +96,9 @@ def import_(
 
     Example: memos import chats.jsonl --cube work
     """
-    records = read_json_lines(source)
+    text = read_source(source, "input")
+    total = sum(1 for line in text.split("\n") if line.strip())
+    records = iter_json_lines(text)  # parsed as the import checks them: the first bad line is the one named
     defaults = {"kind": kind, "cube": cube, **({"user": user} if user else {})}
     store = open_store(ctx)
     started = time.perf_counter()
@@ -105,7 +107,7 @@ def import_(
 
         with Progress(TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                       transient=True) as bar:
-            task = bar.add_task("import", total=len(records))
+            task = bar.add_task("import", total=total)
             units = store.import_records(records, defaults=defaults,
                                          progress=lambda done, total: bar.update(task, completed=done))
     else:

@@ -258,11 +258,12 @@ def select_units(store: MemoryStore, cube: str, selection: Selection) -> list[Me
     now = utcnow()
     if selection.query is not None:
         return [h.unit for h in store.recall(selection.query, selection.k, Filters(cube=cube), context=False)]
-    live = [u for u in store.list(Filters(cube=cube, pinned=True if selection.pinned else None), limit=0)
+    if not selection.pinned:
+        store._ensure_current()
+        return hot_units(store, cube, replace(store.config.consolidate.heat, activation_top=selection.top or 0), now)
+    live = [u for u in store.list(Filters(cube=cube, pinned=True), limit=0)
             if u.expires_at is None or u.expires_at > now]
-    if selection.pinned:
-        return _in_time_order(live, now)
-    return heat_selection(live, replace(store.config.consolidate.heat, activation_top=selection.top or 0), now)
+    return _in_time_order(live, now)
 
 
 def _in_time_order(units: list[MemoryUnit], now: datetime) -> list[MemoryUnit]:
@@ -281,6 +282,100 @@ def heat_selection(units: list[MemoryUnit], policy: HeatPolicy, now: datetime) -
     warm = [u for u in units if not u.pinned and (u.valid_to is None or u.valid_to > now)
             and (cold is None or (used := last_used(u)) is None or now - used <= cold)]
     return _in_time_order(pinned, now) + hottest(warm, policy.activation_top, now=now, weights=policy.weights)
+
+
+HEAT_COLUMNS = ("id", "pinned", "importance", "access_count", "last_accessed", "created_at", "time", "valid_to")
+HEAT_MARGIN = 1e-9  # heat computed in numpy may differ from ``core.heat`` in the last bits; this covers it
+
+
+def hot_units(store: MemoryStore, cube: str, policy: HeatPolicy, now: datetime,
+              leave_out: set[str] | frozenset[str] = frozenset()) -> list[MemoryUnit]:
+    """``heat_selection`` of the cube's active units not expired at ``now`` (less ``leave_out``), without
+    reading them all: the few scalar columns heat needs are read for every unit (no text, no vectors, no
+    objects: 100k units in about 0.1 s), heat is worked out in numpy, and only the pinned units and those
+    within ``HEAT_MARGIN`` of the top are read whole and ranked by ``core.heat`` itself, so the choice and
+    order are exactly those of ``heat_selection`` over every unit. Pending access counts count, as in
+    ``MemoryStore.list``."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from .heat import hottest
+    from .table import sql_str, sql_time
+    from .units import parse_time
+
+    where = f"status = 'active' AND cube = {sql_str(cube)} AND (expires_at IS NULL OR expires_at > {sql_time(now)})"
+    table = store.table.select(where, columns=store.table.present(list(HEAT_COLUMNS)))
+    ids = table.column("id").to_pylist() if table.num_rows else []
+    if not ids:
+        return []
+
+    def micros(name: str) -> tuple[np.ndarray, np.ndarray]:  # (µs since the epoch, present)
+        column = table.column(name)
+        return (pc.fill_null(column.cast(pa.int64()), 0).to_numpy().astype(np.int64, copy=True),
+                column.is_valid().to_numpy(zero_copy_only=False).astype(bool, copy=True))
+
+    def numbers(name: str, default: float) -> np.ndarray:
+        if name not in table.column_names:
+            return np.full(len(ids), default)
+        return pc.fill_null(table.column(name).cast(pa.float64()), default).to_numpy().astype(np.float64, copy=True)
+
+    count = numbers("access_count", 0.0)
+    importance = np.clip(np.round(numbers("importance", 0.5), 6), 0.0, 1.0)  # as from_row and heat read it
+    pinned = numbers("pinned", 0.0) > 0
+    last, has_last = micros("last_accessed")
+    created, has_created = micros("created_at")
+    when, has_when = micros("time")
+    closes, closed = micros("valid_to")
+    pending = store.pending_access()
+    if pending:
+        for i, uid in enumerate(ids):
+            if uid in pending:  # as MemoryStore._with_pending: more accesses, and the last one now
+                n, stamp = pending[uid]
+                count[i] += n
+                last[i], has_last[i] = _micros(parse_time(stamp)), True
+    used = np.where(has_last, last, np.where(has_created, created, when))
+    has_used = has_last | has_created | has_when
+    now_us = _micros(now)
+    out = np.array([uid in leave_out for uid in ids]) if leave_out else np.zeros(len(ids), dtype=bool)
+    warm = ~pinned & ~out & (~closed | (closes > now_us))
+    if policy.cold_after_days > 0:
+        warm &= ~has_used | (now_us - used <= _micros_in(timedelta(days=policy.cold_after_days)))
+    weights = policy.weights
+    age_days = np.maximum(0.0, (now_us - used) / 1e6 / 86400.0)
+    recency = np.where(has_used, 0.5 ** (age_days / weights.half_life_days), 0.0)
+    access = count / (count + weights.access_half)
+    total = weights.access + weights.recency + weights.importance
+    score = (weights.access * access + weights.recency * recency + weights.importance * importance) / total
+    candidates = np.flatnonzero(warm)
+    top = policy.activation_top
+    if top == 0:
+        candidates = candidates[:0]
+    elif len(candidates) > top:
+        bar = -np.partition(-score[candidates], top - 1)[top - 1]  # the top-th highest heat
+        candidates = candidates[score[candidates] >= bar - HEAT_MARGIN]
+    # The few near the top, ranked exactly (ties by id) from just the columns heat reads.
+    rows = table.take(pa.array(candidates, type=pa.int64())).to_pylist()
+    for row, i in zip(rows, candidates.tolist(), strict=True):
+        if ids[i] in pending:
+            row["access_count"], row["last_accessed"] = int(count[i]), parse_time(pending[ids[i]][1])
+    standins = [MemoryUnit(id=r["id"], text="", importance=round(float(r["importance"] if r.get("importance")
+                                                                       is not None else 0.5), 6),
+                           access_count=int(r.get("access_count") or 0), last_accessed=r.get("last_accessed"),
+                           created_at=r.get("created_at"), time=r.get("time")) for r in rows]
+    chosen = [u.id for u in hottest(standins, top, now=now, weights=weights)]
+    wanted = [ids[i] for i in np.flatnonzero(pinned & ~out).tolist()] + chosen
+    return heat_selection(store._with_pending(store._units_by_id(wanted)), policy, now)
+
+
+def _micros(dt: datetime) -> int:
+    from datetime import UTC
+
+    return _micros_in((dt if dt.tzinfo else dt.replace(tzinfo=UTC)) - datetime(1970, 1, 1, tzinfo=UTC))
+
+
+def _micros_in(delta: timedelta) -> int:
+    return delta // timedelta(microseconds=1)
 
 
 def check_fits(n_tokens: int, n_ctx: int) -> None:

@@ -13,7 +13,10 @@ What is checked, in order:
   model's width, finite and not zero;
 - the full-text index exists;
 - activation memory: every record's cache file exists and hashes to its
-  name, and no cache file is orphaned.
+  name, and no cache file is orphaned;
+- privacy: no file or directory of the store (``.git`` and the tables
+  included) can be read, written or entered by group or others: memos
+  makes them 0600 and 0700, and a ``chmod`` or a copy may have opened them.
 
 Repairs: an interrupted write is undone (as any write would do first), and
 any problem of the table, its embeddings or its index is fixed by rebuilding
@@ -21,12 +24,17 @@ the table from the unit files, re-embedding only what needs it. Problems in
 git or in the unit files themselves are reported with what to do, never
 "fixed" by discarding anything. Orphaned cache files are removed, and the
 records of missing or damaged caches dropped (`memos kv build` makes them
-again).
+again). Files and directories open to others are made private again
+(``chmod go-rwx``).
 """
 
 from __future__ import annotations
 
+import os
+import shlex
+import stat
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import files
@@ -38,7 +46,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class Problem:
-    area: str  # git, units, table, embeddings, index
+    area: str  # git, units, table, embeddings, index, kv, privacy
     message: str
     fixable: bool
     fixed: bool = False
@@ -58,6 +66,7 @@ class CheckReport:
     reembed: set[str] = field(default_factory=set)  # units whose vectors must be made anew
     reembed_all: bool = False
     temp_files: list[str] = field(default_factory=list)  # left by a write killed mid-file
+    exposed: list[Path] = field(default_factory=list)  # files and directories open to group or others
 
     @property
     def ok(self) -> bool:
@@ -80,7 +89,9 @@ def check(store: MemoryStore, repair: bool = False) -> CheckReport:
                 (store.root / rel).unlink(missing_ok=True)
             if report.temp_files:
                 report.repaired.append(f"removed {len(report.temp_files)} temporary unit files")
-            if any(p.fixable and p.area not in ("git", "kv") for p in report.problems):
+            if report.exposed:
+                report.repaired.append(_make_private(report.exposed))
+            if any(p.fixable and p.area not in ("git", "kv", "privacy") for p in report.problems):
                 _rebuild(store, report)
             if any(p.area == "kv" for p in report.problems):
                 from .activation import repair_locked
@@ -120,7 +131,54 @@ def _rebuild(store: MemoryStore, report: CheckReport) -> None:
     report.repaired.append(f"rebuilt the search table from {len(units)} unit files")
 
 
+def _exposed(root: Path) -> list[Path]:
+    """The store's files and directories that group or others may use (links are not followed).
+
+    One stat per file: 101k files took 2.4 to 6 s on a 2-core machine busy with other work.
+    """
+    found = [root] if os.stat(root).st_mode & 0o077 else []  # the root may be a link to the store
+    pending = [str(root)]
+    while pending:
+        try:
+            entries = os.scandir(pending.pop())
+        except FileNotFoundError:  # removed by a writer meanwhile
+            continue
+        with entries:
+            for entry in entries:
+                try:
+                    mode = entry.stat(follow_symlinks=False).st_mode
+                except FileNotFoundError:
+                    continue
+                if stat.S_ISDIR(mode):
+                    pending.append(entry.path)
+                if mode & 0o077 and not stat.S_ISLNK(mode):
+                    found.append(Path(entry.path))
+    return found
+
+
+def _make_private(paths: list[Path]) -> str:
+    """``chmod go-rwx`` each of these paths."""
+    done = 0
+    for path in paths:
+        try:
+            os.chmod(path, stat.S_IMODE(os.stat(path).st_mode) & ~0o077)  # links were left out
+            done += 1
+        except FileNotFoundError:  # gone meanwhile
+            continue
+    return f"made {done} files and directories private (chmod go-rwx)"
+
+
 def _inspect(store: MemoryStore, report: CheckReport) -> None:
+    # Privacy first: it holds whatever else is wrong.
+    report.exposed = _exposed(store.root)
+    if report.exposed:
+        example = report.exposed[0]
+        what = "the store's directory" if example == store.root else str(example.relative_to(store.root))
+        mode = stat.S_IMODE(os.stat(example).st_mode)
+        fix = f"chmod -R go-rwx {shlex.quote(str(store.root))}"
+        report.problems.append(Problem(
+            "privacy", f"{len(report.exposed)} files and directories of the store are open to group or others "
+                       f"(e.g. {what}, mode {mode:04o}); make them private with `{fix}`", True))
     repo = store.repo
     report.head = repo.head()
     if report.head is None:

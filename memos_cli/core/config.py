@@ -141,9 +141,14 @@ class StoreConfig:
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise StoreError(f"{path}: not valid TOML ({exc})") from None
         store = data.get("store", {})
-        version = store.get("schema_version") if isinstance(store, dict) else None
-        if not isinstance(version, int) or isinstance(version, bool):
+        if not isinstance(store, dict):
+            raise StoreError(f"{path}: bad [store]: use a table of settings")
+        if "schema_version" not in store:
             raise StoreError(f"{path}: [store] schema_version is missing")
+        version = store["schema_version"]
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise StoreError(f"{path}: bad [store] schema_version {version!r}: use a whole number from 1 "
+                             f"(this memos writes {SCHEMA_VERSION})")
         if version > SCHEMA_VERSION:
             raise StoreError(
                 f"this store was written by a newer memos (schema {version}, this memos reads up to "

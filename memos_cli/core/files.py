@@ -70,15 +70,30 @@ def loads(data: bytes, path: str) -> MemoryUnit:
     return unit
 
 
+FILE_MODE = 0o600  # the store is private: its files readable by the owner only, whatever the umask
+DIR_MODE = 0o700
+
+
 def write(root: Path, unit: MemoryUnit) -> str:
     """Write the unit's file (atomically: a reader never sees half of it); returns its path."""
     rel = unit_path(unit.id)
     target = root / rel
-    target.parent.mkdir(parents=True, exist_ok=True)
+    if not target.parent.is_dir():
+        for directory in (root / UNITS_DIR, target.parent.parent, target.parent):
+            directory.mkdir(mode=DIR_MODE, exist_ok=True)
     tmp = root / temp_path(rel)
-    tmp.write_bytes(dumps(unit))
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE), "wb") as fh:
+        os.fchmod(fh.fileno(), FILE_MODE)  # a temporary file left by a killed write may have another mode
+        fh.write(dumps(unit))
     os.replace(tmp, target)
     return rel
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write a file of the store readable by its owner only (``memos.toml``, ``.gitignore``)."""
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE), "wb") as fh:
+        os.fchmod(fh.fileno(), FILE_MODE)
+        fh.write(data)
 
 
 def temp_path(rel: str) -> str:

@@ -26,6 +26,7 @@ from .errors import NotFoundError, StoreError, UsageError
 
 _COMMITTER = {"GIT_COMMITTER_NAME": "memos", "GIT_COMMITTER_EMAIL": "memos@localhost"}
 EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
+PRIVATE = "0600"  # core.sharedRepository: git's files readable by the owner only
 _SEP = "\x1e"  # between the fields of one commit in ``git log`` output
 _END = "\x1f"  # after each commit
 
@@ -94,7 +95,8 @@ class StoreRepo:
     def init(cls, root: Path) -> StoreRepo:
         import git
 
-        git.Repo.init(root, initial_branch="main")
+        # Git's own files private (0600, directories 0700) whatever the umask: see ensure_settings.
+        git.Repo.init(root, initial_branch="main", shared=PRIVATE)
         repo = cls(root)
         repo.ensure_settings()
         return repo
@@ -111,6 +113,28 @@ class StoreRepo:
         out = self.git.status("--porcelain", "--untracked-files=all", "--", *paths)
         return [line for line in out.splitlines() if line.strip()]
 
+    def modified(self, paths: Iterable[str]) -> set[str]:
+        """Those of these paths whose file differs from HEAD's (changed or removed by hand, not committed)."""
+        paths = sorted(set(paths))
+        found: set[str] = set()
+        if self.head() is None:
+            return found
+        for start in range(0, len(paths), 2000):  # by content: a file merely touched is not modified
+            out = self.run(["diff", "--name-only", "--no-renames", "-z", "HEAD", "--", *paths[start:start + 2000]])
+            found.update(p for p in out.split("\0") if p)
+        return found
+
+    def warm(self) -> None:
+        """Start gitpython's object reader (a long-lived ``git cat-file``), so that a write under the
+        store's lock reads objects through a pipe instead of starting a git process."""
+        head = self.head()
+        if head is not None:
+            self.tree_of(head)
+
+    def tree_of(self, commit: str) -> str:
+        """The id of a commit's tree."""
+        return self.repo.commit(commit).tree.hexsha
+
     def commit(self, changed: Iterable[str], message: str, author: str, *, allow_empty: bool = False) -> str | None:
         """Commit the current content of these paths (present or deleted); returns the new sha.
 
@@ -123,7 +147,7 @@ class StoreRepo:
             self.run(["update-index", "--add", "--remove", "-z", "--stdin"], data)
         tree = self.run(["write-tree"]).strip()
         parent = self.head()
-        if parent and not allow_empty and tree == self.run(["rev-parse", f"{parent}^{{tree}}"]).strip():
+        if parent and not allow_empty and tree == self.tree_of(parent):
             return None
         env = {"GIT_AUTHOR_NAME": author, "GIT_AUTHOR_EMAIL": f"{author}@memos"}
         args = ["commit-tree", tree, "-F", "-"] + (["-p", parent] if parent else [])
@@ -163,7 +187,14 @@ class StoreRepo:
             self.run(["-c", "gc.autoDetach=false", "gc", "--auto", "--quiet"])
 
     def ensure_settings(self) -> None:
-        """One file per unit: keep the index rewrite per commit small (also for stores made before)."""
+        """One file per unit: keep the index rewrite per commit small (also for stores made before).
+
+        ``core.sharedRepository=0600``: every file git writes under ``.git``
+        (objects, packs, refs, the index) gets exactly that mode (directories
+        0700, read-only objects 0400), overriding the umask. It does not cover
+        the work tree, which the store's own modes and the CLI's umask do.
+        """
+        self.git.config("core.sharedRepository", PRIVATE)
         self.git.config("core.splitIndex", "true")
         self.git.config("core.untrackedCache", "true")
         self.run(["update-index", "--split-index"])
@@ -178,21 +209,37 @@ class StoreRepo:
         if stale.exists():  # left by a git killed mid-commit; we hold the store lock
             stale.unlink()
         if paths is None:
-            if self.head() is not None:
-                self.git.reset("-q", "--hard", "HEAD")
+            if self.head() is not None and self.probe(["reset", "-q", "--hard", "HEAD"]).returncode != 0:
+                self.rebuild_index()
+                self.run(["reset", "-q", "--hard", "HEAD"])
             self.git.clean("-fdq")
             return
         paths = sorted(set(paths))
         if not paths or self.head() is None:
             return
         listing = "".join(p + "\0" for p in paths)
-        self.run(["reset", "-q", "HEAD", "--pathspec-from-file=-", "--pathspec-file-nul"], listing)
+        reset = ["reset", "-q", "HEAD", "--pathspec-from-file=-", "--pathspec-file-nul"]
+        if self.probe(reset, listing).returncode != 0:
+            self.rebuild_index()  # a damaged index (a git killed while writing it): HEAD's is the one we need
+            self.run(reset, listing)
         in_head = [spec.split(":", 1)[1] for spec, data in self.cat(f"HEAD:{p}" for p in paths) if data is not None]
         if in_head:
             self.run(["checkout", "-q", "HEAD", "--pathspec-from-file=-", "--pathspec-file-nul"],
                       "".join(p + "\0" for p in in_head))
         for path in set(paths) - set(in_head):
             (self.root / path).unlink(missing_ok=True)
+
+    def rebuild_index(self) -> None:
+        """Make the index anew from HEAD, leaving the work tree alone (hand edits stay).
+
+        For an index that git can no longer read (truncated, say). memos
+        stages nothing between its writes, so HEAD's tree is what the index
+        should hold; the file stat data is refreshed lazily by git.
+        """
+        for name in ("index", "index.lock"):
+            (self.git_dir / name).unlink(missing_ok=True)
+        if self.head() is not None:
+            self.run(["read-tree", "HEAD"])
 
     # ---- reading history -------------------------------------------------------
 
@@ -285,6 +332,8 @@ class StoreRepo:
             proc.stdout.close()
             proc.wait()
 
-    def gc(self) -> None:
-        """Pack loose objects and drop unreachable ones."""
-        self.git.gc("-q", "--prune=now")
+    def gc(self, prune: bool = True) -> None:
+        """Pack loose objects and drop unreachable ones (``prune``: now, which needs the store's lock, as
+        another writer's new objects are unreachable until its commit; else only those git's default
+        expiry allows)."""
+        self.run(["gc", "-q", *(["--prune=now"] if prune else [])])

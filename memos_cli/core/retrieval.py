@@ -1,11 +1,12 @@
 """Recall: filters and the hybrid ranking of plaintext units.
 
 Two retrievers run over the same filtered rows of the ``units`` table:
-Lance's native full-text search (BM25 over stemmed, lower-cased words) and
-vector search (cosine similarity of the query's embedding), each returning a
-pool of ``max(50, 3k)`` candidates. Each retriever's scores are min-max
-normalised over its pool (the best gets 1, the worst 0), and the two are
-mixed convexly ("relative score fusion"):
+Lance's native full-text search (BM25 over stemmed, lower-cased words, with
+accents folded and Chinese, Japanese and Korean cut into character pairs:
+see ``terms``) and vector search (cosine similarity of the query's
+embedding), each returning a pool of ``max(50, 3k)`` candidates. Each
+retriever's scores are min-max normalised over its pool (the best gets 1,
+the worst 0), and the two are mixed convexly ("relative score fusion"):
 
     score(unit) = WEIGHT_TEXT * bm25_norm + WEIGHT_VECTOR * cosine_norm
 
@@ -55,7 +56,8 @@ from typing import Any
 
 import numpy as np
 
-from .table import VECTOR_NPROBES, from_row, sql_str, sql_time
+from .table import FTS_COLUMN, VECTOR_NPROBES, from_row, sql_str, sql_time
+from .terms import query_terms
 from .units import MemoryUnit, check_name, check_pinned
 
 WEIGHT_TEXT = 0.6
@@ -241,7 +243,7 @@ def hybrid_search(
     # The full-text search runs on a worker thread while the query is embedded
     # and the vector search runs: llama.cpp and Lance release the GIL, and this
     # saves about 4 ms of 16 at 100k units on 2 cores.
-    pending_text = _worker().submit(_search, ds, where, n, full_text_query=query)
+    pending_text = _worker().submit(_search, ds, where, n, full_text_query=_text_query(ds, query))
     nearest = {"column": "vector", "q": embed(query).astype(np.float32), "k": n, "metric": "cosine",
                "nprobes": VECTOR_NPROBES}
     vec = _search(ds, where, n, nearest=nearest)
@@ -283,6 +285,14 @@ def _worker() -> ThreadPoolExecutor:
     if _pool is None:
         _pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="memos-fts")
     return _pool
+
+
+def _text_query(ds: Any, query: str) -> dict[str, Any]:
+    """The full-text query: rewritten as the texts were for the index (accents folded, CJK in
+    n-grams, see ``terms``); a table not yet rebuilt in the current format has only ``text``."""
+    if FTS_COLUMN in ds.schema.names:
+        return {"query": query_terms(query), "columns": [FTS_COLUMN]}
+    return {"query": query, "columns": ["text"]}
 
 
 def _search(ds: Any, where: str | None, n: int, **search: Any) -> list[tuple[int, float]]:

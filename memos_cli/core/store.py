@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import files
+from . import files, killpoint
 from .config import CONFIG_NAME, SCHEMA_VERSION, StoreConfig
 from .errors import MemosError, NotFoundError, StoreError, UsageError
 from .lock import StoreLock
@@ -61,6 +61,7 @@ class Transaction:
     details: list[str] = field(default_factory=list)  # more lines for the message body
     trailers: dict[str, str] = field(default_factory=dict)  # more Memos-* trailers
     folded_accesses: int = 0
+    written: set[str] = field(default_factory=set)  # ids whose files this write has written
     paths: set[str] = field(default_factory=set)  # files written or removed (units; memos.toml for op config)
     commit: str | None = None  # the new commit, once made
     allow_empty: bool = False  # commit even when no file changed
@@ -175,11 +176,15 @@ class MemoryStore:
 
         created_root = not self.root.exists()
         try:
+            # Private whatever the umask (memory is personal): the root 0700, so no one else
+            # reaches anything in it, and the files memos writes 0600 (see files.FILE_MODE).
             self.root.mkdir(parents=True, exist_ok=True)
+            os.chmod(self.root, files.DIR_MODE)
             repo = StoreRepo.init(self.root)
             cfg = StoreConfig()
-            self.config_path.write_text(cfg.to_toml(), encoding="utf-8")
+            files.write_private(self.config_path, cfg.to_toml().encode())
             _write_gitignore(self.root)
+            (self.root / TABLES_DIR).mkdir(mode=files.DIR_MODE, exist_ok=True)
             repo.commit_all(f"init: memos store (schema {cfg.schema_version})\n\nMemos-Op: init\n", default_user())
         except MemosError:
             raise
@@ -274,17 +279,26 @@ class MemoryStore:
 
         Takes the lock without waiting; when a writer is busy, leaves it be.
         """
-        if not self.exists() or not self._journal.exists():
+        if not self.exists() or not (self._journal.exists() or (self.state_dir / "purge.json").exists()):
             return False
         lock = self._lock_for(0)
         if not lock.acquire(blocking=False):
             return False
         try:
-            return self._recover_locked()
+            recovered = self._recover_locked()
+            if recovered and self.config.schema_version >= SCHEMA_VERSION:  # a write that had committed
+                self._sync_locked()  # left the table's marker behind: catch it up (an old store: its upgrade does)
+            return recovered
         finally:
             lock.release()
 
     def _recover_locked(self) -> bool:
+        recovered = self._undo_interrupted_locked()
+        from .purge import resume  # a purge cut off is carried through to the end, never undone
+
+        return resume(self) or recovered
+
+    def _undo_interrupted_locked(self) -> bool:
         if not self._journal.exists():
             return False
         try:
@@ -417,12 +431,14 @@ class MemoryStore:
         if not self.exists():
             self.init()
         self._check_writable()
+        self._prepare_write()  # imports and opening: slow, so not under the lock
         lock = self._lock_for()
         lock.acquire()
         try:
             self._recover_locked()
             self._upgrade_locked()
             self._sync_locked()
+            self.table.refresh_writer()  # another writer may have written since it was opened
             txn = Transaction(op=op, cube=cube, user=user or default_user())
             self.state_dir.mkdir(parents=True, exist_ok=True)
             journal = {"op": op, "head": self.repo.head(), "table_version": self.table.version,
@@ -430,11 +446,14 @@ class MemoryStore:
             self._journal_files.unlink(missing_ok=True)
             self._journal.write_text(json.dumps(journal), encoding="utf-8")
             committed = False
+            keep_journal = False
             try:
                 txn.folded_accesses = self._fold_access_log(txn)
                 yield txn
+                killpoint.reached("written")
                 txn.commit = self.repo.commit(txn.paths, txn.message(), txn.user, allow_empty=txn.allow_empty)
                 committed = True
+                killpoint.reached("committed")
                 self._access_folding.unlink(missing_ok=True)  # those counts are in the commit now
                 if self.table.exists():
                     self.table.maintain()
@@ -443,17 +462,36 @@ class MemoryStore:
                 self.repo.maybe_pack()
                 for step in txn.after_commit:
                     step()
-            except BaseException:
+            except BaseException as exc:
                 if not committed:
-                    self._undo_files(txn.paths)
-                    self.table.restore(journal["table_version"])
-                    self._unfold_access_log()
-                    self._table = None
+                    try:
+                        self._undo_files(txn.paths)
+                        self.table.restore(journal["table_version"])
+                        self._unfold_access_log()
+                    except Exception as undo_error:  # the original error is the one to raise
+                        # Keep the journal: the next command (which repairs the index first) undoes it.
+                        keep_journal = True
+                        exc.add_note(f"undoing the failed {op} failed too ({_one_line(undo_error)}); "
+                                     "the next memos command will undo it")
+                    finally:
+                        self._table = None
                 raise
             finally:
-                self._drop_journal()
+                if not keep_journal:
+                    self._drop_journal()
         finally:
             lock.release()
+
+    def _prepare_write(self) -> None:
+        """Import and open what a write uses before its lock is taken (gitpython, Lance, LanceDB:
+        about 2 s on a cold start), so that the lock is held only for the write itself."""
+        self.repo.warm()  # imports gitpython, starts its object reader
+        import lancedb  # noqa: F401 - the table's writes need it
+
+        from . import purge, sync  # noqa: F401 - recovery and the table's sync use them under the lock
+
+        if self.table.exists():
+            self.table.open_writer()
 
     def save(self, txn: Transaction, units: list[MemoryUnit], *, new: bool = False) -> None:
         """Write these units (with their vectors) as files and table rows, inside ``txn``."""
@@ -464,6 +502,11 @@ class MemoryStore:
             if unit.vector is None or (width is not None and len(unit.vector) != width):
                 self.check_dim()  # names the model mismatch, if that is it
                 raise StoreError(f"unit {unit.id} has no vector of the table's width ({width})")
+        if not new:  # before the paths are noted: an undo puts noted paths back as HEAD has them
+            edited = self.hand_edited([u.id for u in units if u.id not in txn.written])
+            if edited:
+                raise StoreError(_hand_edit_message(self.root, edited))
+        txn.written.update(u.id for u in units)
         self._note_paths(txn, [files.unit_path(u.id) for u in units])
         for unit in units:
             files.write(self.root, unit)
@@ -472,6 +515,14 @@ class MemoryStore:
         else:
             self.table.upsert(units)
         self.table.ensure_fts_index()
+
+    def hand_edited(self, ids: Iterable[str]) -> list[str]:
+        """Those of these units whose file has changes not committed (edited by hand): a write must
+        not overwrite them, as the table (which the write starts from) does not have them."""
+        by_path = {files.unit_path(uid): uid for uid in ids}
+        if not by_path:
+            return []
+        return sorted(by_path[p] for p in self.repo.modified(by_path))
 
     def drop(self, txn: Transaction, ids: list[str]) -> None:
         """Remove these units' files and rows, inside ``txn`` (purge; everything else archives)."""
@@ -498,7 +549,7 @@ class MemoryStore:
         stamp = iso(utcnow())
         data = "".join(json.dumps({"id": i, "t": stamp}) + "\n" for i in ids).encode()
         try:
-            self.state_dir.mkdir(exist_ok=True)
+            self.state_dir.mkdir(mode=0o700, exist_ok=True)
             _append(self._access_log, data)
         except OSError:
             pass  # a store we may read but not write: usage is not counted
@@ -541,12 +592,34 @@ class MemoryStore:
         from .units import parse_time
 
         units = self._units_by_id(list(counts))
+        edited = set(self.hand_edited(u.id for u in units))
+        if edited:  # their counts wait in the log until the hand edit is committed (or undone)
+            self._hold_back_access(edited)
+            units = [u for u in units if u.id not in edited]
+            self.notices.append(
+                f"left {len(edited)} hand-edited unit file{'s' if len(edited) != 1 else ''} alone "
+                f"({', '.join(sorted(edited)[:3])}{' ...' if len(edited) > 3 else ''}): their access counts "
+                "wait until the change is committed with git or undone")
         for u in units:
             n, last = counts[u.id]
             u.access_count += n
             u.last_accessed = parse_time(last)
         self.save(txn, units)
         return len(units)
+
+    def _hold_back_access(self, ids: set[str]) -> None:
+        """Take these units' records out of the fold in progress and put them back in the log."""
+        keep, back = [], []
+        for line in self._access_folding.read_text(encoding="utf-8").splitlines(keepends=True):
+            try:
+                uid = json.loads(line).get("id")
+            except (ValueError, AttributeError):
+                uid = None
+            (back if uid in ids else keep).append(line)
+        tmp = self._access_folding.with_name(self._access_folding.name + ".tmp")
+        tmp.write_text("".join(keep), encoding="utf-8")
+        os.replace(tmp, self._access_folding)  # a kill from here on loses those counts, never doubles them
+        _append(self._access_log, "".join(back).encode())
 
     def _unfold_access_log(self) -> None:
         """Give back counts whose fold did not commit."""
@@ -697,13 +770,25 @@ class MemoryStore:
         from .sync import attach_vectors
 
         target = self.repo.resolve(rev)
-        with self.transaction("rollback", cube="*") as txn:
-            head = self.repo.head() or ""
+
+        def plan(head: str) -> tuple[list[MemoryUnit], list[str]]:
             changes = self.repo.changed(head, target, files.UNITS_DIR)
             restore = [path for status, path in changes if status != "D"]
             remove = [uid for status, path in changes if status == "D" and (uid := files.id_of(path))]
             units = files.read_at(self.repo, target, restore)
-            attach_vectors(self, units)
+            attach_vectors(self, units)  # old texts are embedded again: before the lock when we can
+            return units, remove
+
+        self._ensure_current()
+        planned_at = self.repo.head() or ""
+        units, remove = plan(planned_at)
+        with self.transaction("rollback", cube="*") as txn:
+            head = self.repo.head() or ""
+            if head != planned_at:  # another write landed meanwhile
+                units, remove = plan(head)
+            edited = self.hand_edited(remove)  # save() checks the others
+            if edited:
+                raise StoreError(_hand_edit_message(self.root, edited))
             self.save(txn, units)
             self.drop(txn, remove)
             txn.ids = [u.id for u in units] + remove
@@ -783,11 +868,15 @@ class MemoryStore:
             if progress:
                 progress(done, total)
 
-    def compact(self) -> dict[str, int]:
+    def compact(self, *, prune: bool = True) -> dict[str, int]:
         """Merge table fragments, refresh the indexes, repack git.
 
         Makes a commit only when pending access counts were folded in: the
-        table is not in git, so compacting it changes no history.
+        table is not in git, so compacting it changes no history. With
+        ``prune`` (``memos compact``) unreachable git objects are deleted now,
+        under the lock; without it (the scheduler) git repacks after the lock
+        is released and keeps recent loose objects, as ``git gc`` does, which
+        is safe beside other writers' commits and keeps them from waiting.
         """
         before = self.sizes()
         with self.transaction("compact", cube="*") as txn:
@@ -796,7 +885,10 @@ class MemoryStore:
                 self.table.compact()
                 self.table.ensure_fts_index(force=True)
             txn.summary = f"{self.table.count()} units, {fragments} table fragments -> {self.table.fragments()}"
-            txn.after_commit.append(self.repo.gc)
+            if prune:
+                txn.after_commit.append(self.repo.gc)
+        if not prune:
+            self.repo.gc(prune=False)
         after = self.sizes()
         return {f"{k}_before": v for k, v in before.items()} | {f"{k}_after": v for k, v in after.items()}
 
@@ -927,11 +1019,23 @@ def _q(value: str) -> str:
 
 def _append(path: Path, data: bytes) -> None:
     """One O_APPEND write: lines from concurrent processes do not interleave."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
         os.write(fd, data)
     finally:
         os.close(fd)
+
+
+def _hand_edit_message(root: Path, ids: list[str]) -> str:
+    path = files.unit_path(ids[0])
+    more = f" (and {len(ids) - 1} more)" if len(ids) > 1 else ""
+    return (f"{path}{more} has changes not committed with git (edited by hand?); memos will not overwrite "
+            f"them: commit them (git -C {root} commit -a) or undo them (git -C {root} checkout -- {path}), "
+            "then try again; nothing was written")
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
@@ -952,8 +1056,7 @@ def _du(path: Path) -> int:
 
 
 def _write_gitignore(root: Path) -> None:
-    (root / ".gitignore").write_text(
+    files.write_private(root / ".gitignore", (
         "# Derived data, rebuilt from the unit files: the LanceDB table and its indexes.\n"
-        f"/{TABLES_DIR}/\n",
-        encoding="utf-8",
-    )
+        f"/{TABLES_DIR}/\n"
+    ).encode())

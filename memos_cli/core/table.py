@@ -35,6 +35,7 @@ import lance  # noqa: E402
 import pyarrow as pa  # noqa: E402
 from lance.dataset import ColumnOrdering  # noqa: E402
 
+from .terms import index_terms  # noqa: E402
 from .units import MemoryUnit  # noqa: E402
 
 TABLE = "units"
@@ -42,9 +43,11 @@ MARKER = "synced.json"
 # Version of the table's layout, recorded in the marker. A table of another
 # format (or a marker without one) is stale whatever commit it names: the next
 # command rebuilds it from the unit files, reusing its vectors.
-# 1 (no "format" in the marker): no ``pinned`` column; 2: ``pinned``.
-TABLE_FORMAT = 2
-FTS_INDEX = "text_idx"
+# 1 (no "format" in the marker): no ``pinned`` column; 2: ``pinned``; 3: ``terms``
+# (the text as the full-text index sees it, see ``terms``), indexed instead of ``text``.
+TABLE_FORMAT = 3
+FTS_COLUMN = "terms"
+FTS_INDEX = "terms_idx"
 _TS = pa.timestamp("us", tz="UTC")
 T = TypeVar("T")
 READ_RETRIES = 5  # a read that lost a race with a writer's cleanup tries the newer version
@@ -82,14 +85,15 @@ def schema(dim: int) -> pa.Schema:
             pa.field("version", pa.int32()),
             pa.field("supersedes", pa.string()),
             pa.field("model", pa.string()),
+            pa.field(FTS_COLUMN, pa.string()),  # derived from text, for the full-text index only
             pa.field("vector", pa.list_(pa.float32(), dim)),
         ]
     )
 
 
 def row_columns() -> list[str]:
-    """Every column but the vector: what listing and showing need."""
-    return [f.name for f in schema(1) if f.name != "vector"]
+    """Every column but the vector and the full-text terms: what listing and showing need."""
+    return [f.name for f in schema(1) if f.name not in ("vector", FTS_COLUMN)]
 
 
 def to_arrow(units: list[MemoryUnit], dim: int) -> pa.Table:
@@ -97,6 +101,9 @@ def to_arrow(units: list[MemoryUnit], dim: int) -> pa.Table:
     cols: dict[str, list[Any]] = {f.name: [] for f in sch}
     for u in units:
         for name in cols:
+            if name == FTS_COLUMN:
+                cols[name].append(index_terms(u.text))
+                continue
             value = getattr(u, name)
             if name in ("meta", "sources"):
                 value = json.dumps(value, ensure_ascii=False)
@@ -169,9 +176,10 @@ class UnitTable:
     def mark(self, head: str | None) -> None:
         """Record that the table now reflects commit ``head``, in the current format."""
         self.dir.mkdir(parents=True, exist_ok=True)
+        from .files import write_private
+
         tmp = self.dir / f".{MARKER}.tmp"
-        tmp.write_text(json.dumps({"head": head, "version": self.version, "format": TABLE_FORMAT}),
-                       encoding="utf-8")
+        write_private(tmp, json.dumps({"head": head, "version": self.version, "format": TABLE_FORMAT}).encode())
         os.replace(tmp, self.dir / MARKER)
 
     def unmark(self) -> None:
@@ -231,6 +239,16 @@ class UnitTable:
 
             self._writer = lancedb.connect(str(self.dir)).open_table(TABLE)
         return self._writer
+
+    def open_writer(self) -> None:
+        """Open the LanceDB table now (before the store's lock: importing and opening take seconds)."""
+        self.table  # noqa: B018
+
+    def refresh_writer(self) -> None:
+        """Under the lock: let a writer opened before it see what other writers committed since."""
+        if self._writer is not None and self.exists():
+            self._writer.checkout_latest()
+        self._changed()
 
     def _changed(self) -> None:
         self._ds = None
@@ -313,8 +331,9 @@ class UnitTable:
             if table.count_rows() or force:
                 from lancedb.index import FTS
 
-                # Words lower-cased, stemmed (English), stop words dropped, accents folded.
-                table.create_index("text", config=FTS(), replace=True, name=FTS_INDEX)
+                # Of the terms column (accents folded, CJK in n-grams, symbols named: see
+                # ``terms``), words lower-cased, stemmed (English), stop words dropped.
+                table.create_index(FTS_COLUMN, config=FTS(), replace=True, name=FTS_INDEX)
         else:
             stats = table.index_stats(FTS_INDEX)
             if stats and (force or stats.num_unindexed_rows > max(1000, stats.num_indexed_rows // 10)):

@@ -24,7 +24,10 @@ from .errors import UsageError
 MAX_TEXT_BYTES = 1024 * 1024
 KINDS_SUGGESTED = ("fact", "preference", "episode", "note")
 STATUSES = ("active", "archived", "deleted")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")  # always fullmatch: "$" would let "name\n" in
+MAX_TAG_CHARS = 100
+# Control characters (C0 and DEL, C1) and line or paragraph separators: never in a tag.
+_TAG_BAD_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029,]")
 
 # Ids: 10 characters of milliseconds since the epoch and 4 random ones, in
 # Crockford's base32 (lower case). They sort by creation time, and ids made in
@@ -57,6 +60,12 @@ def new_id() -> str:
     return _b32(ms, 10) + _b32(rand, 4)
 
 
+def _shown(value: object, width: int = 40) -> str:
+    """A value for an error message: its repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -64,8 +73,18 @@ def utcnow() -> datetime:
 def parse_time(value: str | datetime | None, what: str = "time") -> datetime | None:
     """An ISO 8601 date or time, 'now', 'today', 'yesterday', or '3d ago'.
 
-    A time without a zone is taken as local time. The result is in UTC.
+    A time without a zone is taken as local time, and a bare date as the
+    start of that day in local time (shown back in the same zone, it is the
+    same date). The result is in UTC. A time that cannot be held (past year
+    9999 in UTC, say) is a ``UsageError``.
     """
+    try:
+        return _parse_time(value, what)
+    except (OverflowError, ValueError):  # OverflowError: out of datetime's range once in UTC (or once subtracted)
+        raise UsageError(f"bad {what} {_shown(value)}: out of range (use a time between the years 1 and 9999)") from None
+
+
+def _parse_time(value: str | datetime | None, what: str) -> datetime | None:
     if value is None or value == "":
         return None
     if isinstance(value, datetime):
@@ -76,7 +95,7 @@ def parse_time(value: str | datetime | None, what: str = "time") -> datetime | N
         if low == "now":
             return utcnow()
         if low in ("today", "yesterday"):
-            day = datetime.now().astimezone().replace(hour=0, minute=0, second=0, microsecond=0)
+            day = datetime.now().replace(hour=0, minute=0, second=0, microsecond=0)  # local, made aware below
             dt = day - timedelta(days=1) if low == "yesterday" else day
         elif low.endswith(" ago"):
             return utcnow() - parse_duration(low[:-4].strip(), what)
@@ -85,7 +104,7 @@ def parse_time(value: str | datetime | None, what: str = "time") -> datetime | N
                 dt = datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
             except ValueError:
                 raise UsageError(
-                    f"bad {what} {value!r}: use ISO 8601 (2024-05-08 or 2024-05-08T13:56), "
+                    f"bad {what} {_shown(value)}: use ISO 8601 (2024-05-08 or 2024-05-08T13:56), "
                     "'now', 'today', 'yesterday' or '3d ago'"
                 ) from None
     if dt.tzinfo is None:
@@ -93,16 +112,20 @@ def parse_time(value: str | datetime | None, what: str = "time") -> datetime | N
     return dt.astimezone(UTC)
 
 
-_DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d|w|y)$")
+_DURATION_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*(s|m|h|d|w|y)")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
 
 
 def parse_duration(value: str, what: str = "ttl") -> timedelta:
     """'90s', '15m', '12h', '30d', '2w', '1y'."""
-    match = _DURATION_RE.match(value.strip().lower()) if isinstance(value, str) else None
+    match = _DURATION_RE.fullmatch(value.strip().lower()) if isinstance(value, str) else None
     if not match or float(match.group(1)) <= 0:
-        raise UsageError(f"bad {what} {value!r}: use a positive number and a unit, like 90s, 15m, 12h, 30d, 2w or 1y")
-    return timedelta(seconds=float(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+        raise UsageError(f"bad {what} {_shown(value)}: use a positive number and a unit, like 90s, 15m, 12h, 30d, 2w "
+                         "or 1y")
+    try:
+        return timedelta(seconds=float(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+    except OverflowError:  # over timedelta's 999999999 days (or an infinite float)
+        raise UsageError(f"bad {what} {_shown(value)}: too long") from None
 
 
 def check_text(text: object) -> str:
@@ -123,12 +146,18 @@ def check_text(text: object) -> str:
 
 def check_name(value: object, what: str) -> str:
     """Cube, user and kind names: a word of letters, digits and _ . @ -."""
-    if not isinstance(value, str) or not _NAME_RE.match(value):
-        raise UsageError(f"bad {what} {value!r}: use 1-64 letters, digits, '_', '.', '@' or '-'")
+    if not isinstance(value, str) or not _NAME_RE.fullmatch(value):
+        raise UsageError(f"bad {what} {_shown(value)}: use 1-64 letters, digits, '_', '.', '@' or '-'")
     return value
 
 
-def check_tags(tags: object) -> list[str]:
+def check_tags(tags: object, *, strict: bool = True) -> list[str]:
+    """Tags, stripped and without repeats: each at most 100 characters, with no comma (the
+    separator where tags are listed), line break or control character.
+
+    ``strict=False`` (units read from their files) checks only that they are non-empty
+    strings, as memos did before, so that a store written then still opens.
+    """
     if tags is None:
         return []
     if isinstance(tags, str):
@@ -138,6 +167,10 @@ def check_tags(tags: object) -> list[str]:
     out: list[str] = []
     for tag in tags:
         tag = tag.strip()
+        if strict and len(tag) > MAX_TAG_CHARS:
+            raise UsageError(f"bad tag {tag[:20]!r}…: at most {MAX_TAG_CHARS} characters")
+        if strict and _TAG_BAD_RE.search(tag):
+            raise UsageError(f"bad tag {tag!r}: no commas, line breaks or control characters")
         if tag not in out:
             out.append(tag)
     return out
@@ -149,10 +182,23 @@ def check_meta(meta: object) -> dict[str, Any]:
     if not isinstance(meta, dict):
         raise UsageError("meta must be a JSON object")
     try:
-        json.dumps(meta)
+        json.dumps(meta, allow_nan=False)  # NaN and Infinity are not JSON: strict parsers reject them
     except (TypeError, ValueError):
-        raise UsageError("meta must be plain JSON") from None
+        raise UsageError("meta must be plain JSON (no NaN or Infinity)") from None
     return meta
+
+
+class NotJSONError(ValueError):
+    """JSON that only a lenient parser reads: NaN, Infinity or -Infinity."""
+
+
+def _no_constant(name: str) -> Any:
+    raise NotJSONError(f"{name} is not valid JSON")
+
+
+def loads_strict(text: str | bytes) -> Any:
+    """``json.loads`` that refuses NaN, Infinity and -Infinity (``NotJSONError``, a ``ValueError``)."""
+    return json.loads(text, parse_constant=_no_constant)
 
 
 def parse_meta_pairs(pairs: list[str]) -> dict[str, Any]:
@@ -164,8 +210,14 @@ def parse_meta_pairs(pairs: list[str]) -> dict[str, Any]:
             raise UsageError(f"bad --meta {pair!r}: use key=value")
         try:
             value: Any = json.loads(raw)
-        except ValueError:
+        except ValueError:  # not JSON: the text as it is
             value = raw
+        else:
+            try:
+                value = loads_strict(raw)
+            except NotJSONError as exc:  # JSON but for a NaN or Infinity in it: say so, rather than guess
+                raise UsageError(f"bad --meta {pair!r}: {exc} (to keep it as text, quote it: "
+                                 f"{key.strip()}={json.dumps(raw)})") from None
         meta[key.strip()] = value
     return meta
 
@@ -239,7 +291,7 @@ class MemoryUnit:
             if name not in data:
                 raise UsageError(f"missing field {name!r}")
         uid = data["id"]
-        if not isinstance(uid, str) or not _ID_RE.match(uid):
+        if not isinstance(uid, str) or not _ID_RE.fullmatch(uid):
             raise UsageError(f"bad id {uid!r}")
         sources = data.get("sources") or []
         if not isinstance(sources, list) or not all(isinstance(s, dict) for s in sources):
@@ -253,7 +305,7 @@ class MemoryUnit:
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
             raise UsageError(f"bad access_count {count!r}: use a whole number from 0")
         supersedes = data.get("supersedes")
-        if supersedes is not None and (not isinstance(supersedes, str) or not _ID_RE.match(supersedes)):
+        if supersedes is not None and (not isinstance(supersedes, str) or not _ID_RE.fullmatch(supersedes)):
             raise UsageError(f"bad supersedes {supersedes!r}: use a unit id")
         times = {name: _strict_time(data.get(name), name) for name in _TIME_FIELDS}
         importance = data.get("importance", 0.5)
@@ -261,7 +313,7 @@ class MemoryUnit:
             id=uid,
             text=check_text(data["text"]),
             kind=check_name(data.get("kind", "note"), "kind"),
-            tags=check_tags(data.get("tags")),
+            tags=check_tags(data.get("tags"), strict=False),
             meta=check_meta(data.get("meta")),
             sources=sources,
             cube=check_name(data.get("cube", "default"), "cube"),
@@ -277,8 +329,9 @@ class MemoryUnit:
         )
 
 
-_ID_RE = re.compile(r"^[0-9a-hjkmnp-tv-z]{14}$")
+_ID_RE = re.compile(r"[0-9a-hjkmnp-tv-z]{14}")  # always fullmatch
 _TIME_FIELDS = ("created_at", "updated_at", "time", "valid_from", "valid_to", "last_accessed", "expires_at")
+TIME_FIELDS = _TIME_FIELDS  # a unit's fields that hold times
 
 
 def _strict_time(value: object, name: str) -> datetime | None:
@@ -295,7 +348,7 @@ def _strict_time(value: object, name: str) -> datetime | None:
 
 
 def is_unit_id(value: str) -> bool:
-    return bool(_ID_RE.match(value))
+    return bool(_ID_RE.fullmatch(value))
 
 
 def iso(dt: datetime | None) -> str | None:
@@ -307,7 +360,7 @@ def iso(dt: datetime | None) -> str | None:
 def default_user() -> str:
     """``$MEMOS_USER``, else the login name."""
     name = os.environ.get("MEMOS_USER") or os.environ.get("USER") or os.environ.get("LOGNAME") or "user"
-    return name if _NAME_RE.match(name) else "user"
+    return name if _NAME_RE.fullmatch(name) else "user"
 
 
 def build_unit(
@@ -337,7 +390,10 @@ def build_unit(
     if ttl is not None:
         if not isinstance(ttl, str):
             raise UsageError(f"bad ttl {ttl!r}: use a string like 30d")
-        expires = now + parse_duration(ttl)
+        try:
+            expires = now + parse_duration(ttl)
+        except OverflowError:  # past the year 9999
+            raise UsageError(f"bad ttl {_shown(ttl)}: too long (it would end after the year 9999)") from None
     if sources is not None and (
         not isinstance(sources, list) or not all(isinstance(s, dict) for s in sources)
     ):

@@ -24,7 +24,10 @@ from __future__ import annotations
 
 import codecs
 import ctypes
-from collections.abc import Iterator
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +37,30 @@ import numpy as np
 from memos_cli.core.errors import ModelError, UsageError
 from memos_cli.models import registry
 from memos_cli.models.runtime import default_threads, import_llama_cpp, silence_llama_logs
+
+
+@contextmanager
+def _sigint_between_tokens() -> Iterator[Callable[[], bool]]:
+    """Ctrl-C during generation, noted by a handler and raised between two tokens.
+
+    Python raises KeyboardInterrupt wherever its bytecode runs when the
+    signal lands, and that can be inside llama-cpp-python's ctypes log
+    callback, where ctypes prints the exception and drops it: the answer then
+    runs on to max_tokens. Only in the main thread, and only where Ctrl-C
+    would raise KeyboardInterrupt anyway.
+    """
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield lambda: False
+        return
+    hit: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda _sig, _frame: hit.append(1))
+    try:
+        yield lambda: bool(hit)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if hit:  # a Ctrl-C after the last token, as the answer ended
+            raise KeyboardInterrupt
 
 DEFAULT_CTX = 8192
 N_BATCH = 512  # prefill batch; part of how the head is evaluated, so the same for build and chat
@@ -244,28 +271,31 @@ class Generator:
         pending = ""
         greedy = temperature <= 0
         produced = 0
-        for token in self._llm.generate(
-            tokens,
-            temp=0.0 if greedy else temperature,
-            top_k=1 if greedy else 40,
-            top_p=0.95,
-            min_p=0.05,
-            repeat_penalty=1.1,
-        ):
-            if self._lib.llama_vocab_is_eog(self._vocab, token):
-                break
-            pending += decoder.decode(self._llm.detokenize([token], special=False))
-            produced += 1
-            cut = min((i for s in stops if (i := pending.find(s)) >= 0), default=-1)
-            if cut >= 0:
-                if pending[:cut]:
-                    yield pending[:cut]
-                return
-            if produced >= max_tokens:
-                break
-            if len(pending) > hold:
-                yield pending[: len(pending) - hold]
-                pending = pending[len(pending) - hold:]
+        with _sigint_between_tokens() as interrupted:
+            for token in self._llm.generate(
+                tokens,
+                temp=0.0 if greedy else temperature,
+                top_k=1 if greedy else 40,
+                top_p=0.95,
+                min_p=0.05,
+                repeat_penalty=1.1,
+            ):
+                if interrupted():
+                    raise KeyboardInterrupt
+                if self._lib.llama_vocab_is_eog(self._vocab, token):
+                    break
+                pending += decoder.decode(self._llm.detokenize([token], special=False))
+                produced += 1
+                cut = min((i for s in stops if (i := pending.find(s)) >= 0), default=-1)
+                if cut >= 0:
+                    if pending[:cut]:
+                        yield pending[:cut]
+                    return
+                if produced >= max_tokens:
+                    break
+                if len(pending) > hold:
+                    yield pending[: len(pending) - hold]
+                    pending = pending[len(pending) - hold:]
         pending += decoder.decode(b"", final=True)
         if pending:
             yield pending
