@@ -44,7 +44,7 @@ complete -c memos -n 'not __memos_command' -a chat -d 'Chat with a local model t
 complete -c memos -n 'not __memos_command' -a check -d 'Verify the store: git, the unit files, the search table, embeddings and indexes.'
 complete -c memos -n 'not __memos_command' -a compact -d 'Merge table fragments, refresh the text index and repack git history.'
 complete -c memos -n 'not __memos_command' -a config -d 'Show and change the store\'s settings (memos.toml).'
-complete -c memos -n 'not __memos_command' -a consolidate -d 'Merge duplicates, close superseded facts, expire, summarise, promote: one commit per run.'
+complete -c memos -n 'not __memos_command' -a consolidate -d 'Merge duplicates, close superseded facts, expire, summarise, promote: one commit per run'
 complete -c memos -n 'not __memos_command' -a demo -d 'Run the main loop on a scratch store: add, recall, edit, diff, roll back, pin, chat.'
 complete -c memos -n 'not __memos_command' -a diff -d 'What changed in memory: units added, removed and changed, with a diff of their text and fields.'
 complete -c memos -n 'not __memos_command' -a edit -d 'Change a memory: a new version of it, the old one kept in history.'
