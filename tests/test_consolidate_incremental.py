@@ -154,6 +154,25 @@ def test_the_heat_block_read_from_a_few_columns_is_the_one_from_every_unit(store
             == [u.id for u in heat_selection([u for u in every if u.id not in leave], policy, now)])
 
 
+def test_groups_found_by_two_dedupe_passes_make_one_merge_never_a_chain(store) -> None:
+    # Above dedupe.EXACT_MAX units the passes are approximate: at 100k, one pass found two planted
+    # repeats of a fact as a pair (d2 into d1) and a later pass the original with the first (d1 into
+    # s). As two merges, the second found d1 archived by the first and was skipped.
+    from memos_cli.core.consolidate import ModelSlot, Planner, Report, snapshot
+
+    s = store.add("Wen moved to Lisbon for work in 2021.")
+    d1 = store.add("wen moved to lisbon for work in 2021")
+    d2 = store.add("Note: Wen moved to Lisbon for work in 2021.")
+    unrelated = store.add("The heating engineer comes on Tuesday.")
+    snap = snapshot(store, "default")
+    planner = Planner(store, store.config.consolidate, ModelSlot(store), Report(["default"], False), utcnow())
+    merged: dict[str, dict[str, str]] = {}
+    planner.absorb(snap, merged, d1.id, {d2.id: "near", unrelated.id: "as if a pass had put it there"})
+    planner.absorb(snap, merged, s.id, {d1.id: "exact"})
+    assert list(merged) == [s.id] and set(merged[s.id]) == {d1.id, d2.id}  # not a duplicate of s: left alone
+    assert merged[s.id][d2.id].startswith("near (cosine")
+
+
 @pytest.mark.slow
 def test_a_routine_run_with_a_merge_rebuilds_the_heat_block_from_the_memory_after_it(store) -> None:
     from memos_cli.core import activation

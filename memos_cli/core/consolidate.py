@@ -748,7 +748,7 @@ class Planner:
             groups = find_duplicates([u.id for u in units], [u.text for u in units], vectors,
                                      similarity=policy.similarity, text_similarity=policy.text_similarity)
             for g in groups:
-                merged.setdefault(g.survivor, {}).update(g.reasons)
+                self.absorb(snap, merged, g.survivor, g.reasons)
                 gone.update(g.duplicates)
             if not groups or len(units) <= EXACT_MAX:
                 break
@@ -757,6 +757,32 @@ class Planner:
         return [Action("merge", snap.cube, [survivor, *dups],
                        "; ".join(f"{d[:10]}: {reason}" for d, reason in dups.items()))
                 for survivor, dups in sorted(merged.items())]
+
+    def absorb(self, snap: Snapshot, merged: dict[str, dict[str, str]], survivor: str, reasons: dict[str, str]) -> None:
+        """Add a group of one dedupe pass to ``merged`` (survivor -> {duplicate: reason}). When a duplicate
+        is the survivor of an earlier pass's group, that group joins this one: its members that are
+        duplicates of this survivor itself (as within one pass), while the others are left alone. Never
+        a chain (A into B, B into C), whose second merge would find B archived by the first."""
+        absorbed = merged.setdefault(survivor, {})
+        absorbed.update(reasons)
+        for dup in reasons:
+            for uid in merged.pop(dup, {}):
+                reason = self._duplicate_of(snap, survivor, uid)
+                if reason is not None:
+                    absorbed[uid] = reason
+
+    def _duplicate_of(self, snap: Snapshot, survivor: str, uid: str) -> str | None:
+        """Why ``uid`` duplicates ``survivor`` (dedupe's test), or None."""
+        from .dedupe import normalise, texts_agree
+
+        rows = {u.id: i for i, u in enumerate(snap.units) if u.id in (survivor, uid)}
+        a, b = snap.units[rows[survivor]], snap.units[rows[uid]]
+        if normalise(a.text) == normalise(b.text):
+            return "exact"
+        policy = self.policy.duplicates
+        cos = float(snap.vectors[rows[survivor]] @ snap.vectors[rows[uid]])
+        agree, overlap = texts_agree(a.text, b.text, policy.text_similarity)
+        return f"near (cosine {cos:.3f}, words {overlap:.2f})" if cos >= policy.similarity and agree else None
 
     def superseded(self, snap: Snapshot, used: set[str]) -> list[Action]:
         policy = self.policy.superseded
