@@ -71,12 +71,14 @@ and prompt, so a pair is put to the model once (``--json``: ``judge``,
 asked and remembered).
 
 Concurrency: the plan is made from a snapshot without the store's lock (the
-slow part: reading vectors, comparing, asking the model), then applied in one
-transaction, one commit for the whole run. Under the lock every unit an
+slow part: reading vectors, comparing, asking the model), then applied in
+slices (``_apply``): each slice is one transaction and one commit, sized to
+hold the store's lock about ``SLICE_SECONDS``, and actions that share a unit
+go in one slice; a routine run is one slice. Under the lock every unit an
 action touches is read again, and an action whose units changed meanwhile is
 skipped (the next run looks again); units added meanwhile are simply not in
-this run. So ``memos add`` from other processes waits at most for the short
-apply, never for the planning. Two runs never overlap: a second one waits for
+this run. So ``memos add`` from other processes waits at most for one slice,
+never for the planning or the whole run. Two runs never overlap: a second one waits for
 the first (``consolidate.lock``), up to the lock timeout, then says who holds it.
 A second run right after the first finds nothing to do and makes no commit.
 """
@@ -163,16 +165,20 @@ class Report:
     cubes: list[str]
     dry_run: bool
     actions: list[Action] = field(default_factory=list)
-    commit: str | None = None
     skipped: list[str] = field(default_factory=list)  # steps that could not run, with why
     maintenance: list[str] = field(default_factory=list)  # compaction, cache files removed
     started: datetime = field(default_factory=utcnow)
     seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase, over all cubes
-    commits: list[str] = field(default_factory=list)  # one per slice of the changes (``commit``: the last)
+    commits: list[str] = field(default_factory=list)  # one per slice of the changes
     judged: int = 0  # pairs the LLM judge of superseded facts asked the chat model about
     remembered: int = 0  # pairs it did not ask again: their verdict was kept from an earlier run
     scopes: dict[str, Scope] = field(default_factory=dict)  # what the plan of each cube read
+
+    @property
+    def commit(self) -> str | None:
+        """The run's last commit (None: it made none)."""
+        return self.commits[-1] if self.commits else None
 
     def timed(self, phase: str, since: float) -> None:
         self.timings[phase] = self.timings.get(phase, 0.0) + time.perf_counter() - since
@@ -1027,7 +1033,7 @@ def _record(store: MemoryStore, report: Report, planner: Planner, state: dict[st
     if seen is None:
         return
     went_on = seen
-    commits = report.commits or ([report.commit] if report.commit else [])
+    commits = report.commits
     if commits:
         chain = store.repo.run(["rev-list", "--reverse", "--parents", f"{seen}..{commits[-1]}"]).split("\n")
         if [line.split() for line in chain if line] == [[c, p] for c, p in zip(commits, [seen, *commits], strict=False)]:
@@ -1098,14 +1104,12 @@ def _apply(store: MemoryStore, report: Report, snaps: dict[str, Snapshot]) -> No
     if new_units:
         store.embed(list(new_units.values()))
     planned = {u.id: u.version for snap in snaps.values() for u in snap.units}
-    # Not under the lock: the hand-edited files (a write never overwrites them) and the imports.
+    # Not under the lock: the hand-edited files, whose actions are skipped (save() would refuse the slice).
     edited = set(store.hand_edited({i for a in edits for i in a.units}))
     for a in edits:
         touched = [i for i in a.units if i in edited]
         if touched:
             a.status, a.note = "skipped", f"{touched[0]}'s file has changes not committed with git; left alone"
-    import lancedb  # noqa: F401 - the table's writes need it: imported (1-3 s) before the lock, not under it
-
     slices = _slices([a for a in edits if a.status == "planned"])
     size = SLICE_FIRST
     run = iso(report.started)
@@ -1203,7 +1207,6 @@ def _apply_slice(store: MemoryStore, report: Report, edits: list[Action], planne
         txn.details += [f"{a.action} {' '.join(a.units)}: {a.reason}" for a in done]
         txn.trailers["Memos-Run"] = run
     if txn.commit:
-        report.commit = txn.commit
         report.commits.append(txn.commit)
     return time.perf_counter() - held_since
 

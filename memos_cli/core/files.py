@@ -82,17 +82,16 @@ def write(root: Path, unit: MemoryUnit) -> str:
         for directory in (root / UNITS_DIR, target.parent.parent, target.parent):
             directory.mkdir(mode=DIR_MODE, exist_ok=True)
     tmp = root / temp_path(rel)
-    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE), "wb") as fh:
-        os.fchmod(fh.fileno(), FILE_MODE)  # a temporary file left by a killed write may have another mode
-        fh.write(dumps(unit))
+    write_private(tmp, dumps(unit))
     os.replace(tmp, target)
     return rel
 
 
 def write_private(path: Path, data: bytes) -> None:
-    """Write a file of the store readable by its owner only (``memos.toml``, ``.gitignore``)."""
+    """Write a file of the store readable by its owner only (``memos.toml``, ``.gitignore``, a unit's
+    bytes before they are renamed into place)."""
     with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE), "wb") as fh:
-        os.fchmod(fh.fileno(), FILE_MODE)
+        os.fchmod(fh.fileno(), FILE_MODE)  # a file left by a killed write may have another mode
         fh.write(data)
 
 

@@ -209,25 +209,28 @@ class StoreRepo:
         if stale.exists():  # left by a git killed mid-commit; we hold the store lock
             stale.unlink()
         if paths is None:
-            if self.head() is not None and self.probe(["reset", "-q", "--hard", "HEAD"]).returncode != 0:
-                self.rebuild_index()
-                self.run(["reset", "-q", "--hard", "HEAD"])
+            if self.head() is not None:
+                self._run_rebuilding_index(["reset", "-q", "--hard", "HEAD"])
             self.git.clean("-fdq")
             return
         paths = sorted(set(paths))
         if not paths or self.head() is None:
             return
         listing = "".join(p + "\0" for p in paths)
-        reset = ["reset", "-q", "HEAD", "--pathspec-from-file=-", "--pathspec-file-nul"]
-        if self.probe(reset, listing).returncode != 0:
-            self.rebuild_index()  # a damaged index (a git killed while writing it): HEAD's is the one we need
-            self.run(reset, listing)
+        self._run_rebuilding_index(["reset", "-q", "HEAD", "--pathspec-from-file=-", "--pathspec-file-nul"], listing)
         in_head = [spec.split(":", 1)[1] for spec, data in self.cat(f"HEAD:{p}" for p in paths) if data is not None]
         if in_head:
             self.run(["checkout", "-q", "HEAD", "--pathspec-from-file=-", "--pathspec-file-nul"],
                       "".join(p + "\0" for p in in_head))
         for path in set(paths) - set(in_head):
             (self.root / path).unlink(missing_ok=True)
+
+    def _run_rebuilding_index(self, args: list[str], stdin: str | None = None) -> None:
+        """``git ARGS``; when it fails, once more after making the index anew (a damaged index, from a
+        git killed while writing it, is what makes an undo's reset fail)."""
+        if self.probe(args, stdin).returncode != 0:
+            self.rebuild_index()
+            self.run(args, stdin)
 
     def rebuild_index(self) -> None:
         """Make the index anew from HEAD, leaving the work tree alone (hand edits stay).

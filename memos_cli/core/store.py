@@ -61,7 +61,6 @@ class Transaction:
     details: list[str] = field(default_factory=list)  # more lines for the message body
     trailers: dict[str, str] = field(default_factory=dict)  # more Memos-* trailers
     folded_accesses: int = 0
-    written: set[str] = field(default_factory=set)  # ids whose files this write has written
     paths: set[str] = field(default_factory=set)  # files written or removed (units; memos.toml for op config)
     commit: str | None = None  # the new commit, once made
     allow_empty: bool = False  # commit even when no file changed
@@ -279,7 +278,9 @@ class MemoryStore:
 
         Takes the lock without waiting; when a writer is busy, leaves it be.
         """
-        if not self.exists() or not (self._journal.exists() or (self.state_dir / "purge.json").exists()):
+        from .purge import journal_path
+
+        if not self.exists() or not (self._journal.exists() or journal_path(self).exists()):
             return False
         lock = self._lock_for(0)
         if not lock.acquire(blocking=False):
@@ -503,10 +504,7 @@ class MemoryStore:
                 self.check_dim()  # names the model mismatch, if that is it
                 raise StoreError(f"unit {unit.id} has no vector of the table's width ({width})")
         if not new:  # before the paths are noted: an undo puts noted paths back as HEAD has them
-            edited = self.hand_edited([u.id for u in units if u.id not in txn.written])
-            if edited:
-                raise StoreError(_hand_edit_message(self.root, edited))
-        txn.written.update(u.id for u in units)
+            self._refuse_hand_edited([u.id for u in units if files.unit_path(u.id) not in txn.paths])
         self._note_paths(txn, [files.unit_path(u.id) for u in units])
         for unit in units:
             files.write(self.root, unit)
@@ -523,6 +521,16 @@ class MemoryStore:
         if not by_path:
             return []
         return sorted(by_path[p] for p in self.repo.modified(by_path))
+
+    def _refuse_hand_edited(self, ids: list[str]) -> None:
+        edited = self.hand_edited(ids)
+        if edited:
+            path = files.unit_path(edited[0])
+            more = f" (and {len(edited) - 1} more)" if len(edited) > 1 else ""
+            raise StoreError(
+                f"{path}{more} has changes not committed with git (edited by hand?); memos will not overwrite "
+                f"them: commit them (git -C {self.root} commit -a) or undo them (git -C {self.root} checkout -- "
+                f"{path}), then try again; nothing was written")
 
     def drop(self, txn: Transaction, ids: list[str]) -> None:
         """Remove these units' files and rows, inside ``txn`` (purge; everything else archives)."""
@@ -786,9 +794,7 @@ class MemoryStore:
             head = self.repo.head() or ""
             if head != planned_at:  # another write landed meanwhile
                 units, remove = plan(head)
-            edited = self.hand_edited(remove)  # save() checks the others
-            if edited:
-                raise StoreError(_hand_edit_message(self.root, edited))
+            self._refuse_hand_edited(remove)  # save() checks the others
             self.save(txn, units)
             self.drop(txn, remove)
             txn.ids = [u.id for u in units] + remove
@@ -1024,14 +1030,6 @@ def _append(path: Path, data: bytes) -> None:
         os.write(fd, data)
     finally:
         os.close(fd)
-
-
-def _hand_edit_message(root: Path, ids: list[str]) -> str:
-    path = files.unit_path(ids[0])
-    more = f" (and {len(ids) - 1} more)" if len(ids) > 1 else ""
-    return (f"{path}{more} has changes not committed with git (edited by hand?); memos will not overwrite "
-            f"them: commit them (git -C {root} commit -a) or undo them (git -C {root} checkout -- {path}), "
-            "then try again; nothing was written")
 
 
 def _one_line(exc: BaseException) -> str:
