@@ -9,12 +9,17 @@ facts, so the superseded-facts rule reads them all too. Then it runs
 `memos consolidate --json` twice, each in its own process:
 
 - the first run: wall time, the phases' times, the process's peak RSS, and
-  the precision/recall of the merges against the planted pairs;
-- the second run, right after: it must find nothing to do and make no commit;
+  the precision/recall of the merges against the planted pairs; meanwhile a
+  writer runs `memos add` after `memos add` (each its own process, default
+  lock timeout, cube "writer"), and the lock's trace gives its longest wait
+  and the run's longest hold;
+- the second run, right after: it must make no commit (the writer's notes,
+  new and so hot, may be promoted into activation memory);
 - a routine run: after four single `memos add`s (one of them a repeat of an
   old unit, written as people repeat themselves), `memos consolidate --json`
   again: its wall time and phases, whether it was incremental, and whether it
-  merged the repeat into the old unit.
+  merged the repeat into the old unit; then the same again beside the writer,
+  for its longest wait.
 
 Usage: python benchmarks/bench_consolidate.py [--source /tmp/memos-100k-v2] [--n 100000] [--keep DIR]
 """
@@ -28,6 +33,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -81,13 +87,59 @@ SELF_PEAK = ("import atexit, re, runpy, sys; atexit.register(lambda: print('peak
              "sys.argv[0] = 'memos'; runpy.run_module('memos_cli', run_name='__main__')")
 
 
-def run(root: Path, name: str) -> tuple[dict, float, float]:
+class Writer:
+    """A script adding one note after another (`memos add`, each its own process, with the default lock
+    timeout) while a consolidate runs: the longest any of them waited for the store's lock, read from
+    the lock's trace ($MEMOS_LOCK_TRACE), and whether every add landed."""
+
+    def __init__(self, root: Path, name: str) -> None:
+        self.root, self.name = root, name
+        self.trace = root.parent / f"locks-{name}.jsonl"
+        self.trace.unlink(missing_ok=True)
+        self.codes: list[int] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        env = {**os.environ, "MEMOS_LOCK_TRACE": str(self.trace)}
+        while not self._stop.is_set():
+            text = f"Writer note {len(self.codes)} during the {self.name} run: the plumber comes at {len(self.codes) % 12 + 1}."
+            done = subprocess.run([sys.executable, "-m", "memos_cli", "--store", str(self.root), "add", text,
+                                   "--cube", "writer"], capture_output=True, text=True, env=env)
+            self.codes.append(done.returncode)
+            if done.returncode:
+                self.errors.append(done.stderr.strip()[:200])
+
+    def __enter__(self) -> Writer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def summary(self) -> str:
+        lines = [json.loads(line) for line in self.trace.read_text().splitlines()] if self.trace.exists() else []
+        adds = [x for x in lines if x["command"] == "memos add"]
+        runs = [x for x in lines if x["command"] != "memos add"]
+        waited = max((x["waited"] for x in adds), default=float("nan"))
+        held = max((x["held"] for x in runs), default=float("nan"))
+        failed = sum(1 for c in self.codes if c)
+        text = (f"  a writer meanwhile: {len(self.codes)} adds, {failed} failed; longest wait for the lock "
+                f"{waited:.2f}s; the run held it {len(runs)} times, longest {held:.2f}s")
+        return text + "".join(f"\n    failed: {e}" for e in self.errors[:3])
+
+
+def run(root: Path, name: str, writer: Writer | None = None) -> tuple[dict, float, float]:
     """`memos consolidate --json` in a child: its report, wall seconds and peak RSS (MiB). The report is
-    also kept next to the store, as ``consolidate-NAME.json``."""
+    also kept next to the store, as ``consolidate-NAME.json``. With ``writer``, the child records its
+    lock holds in the writer's trace."""
     started = time.perf_counter()
+    env = {**os.environ, **({"MEMOS_LOCK_TRACE": str(writer.trace)} if writer else {})}
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         child = subprocess.Popen([sys.executable, "-c", SELF_PEAK, "--store", str(root), "consolidate", "--json"],
-                                 stdout=out, stderr=err, text=True)
+                                 stdout=out, stderr=err, text=True, env=env)
         _, status, _ = os.wait4(child.pid, 0)
         wall = time.perf_counter() - started
         out.seek(0)
@@ -106,8 +158,10 @@ ROUTINE_ADDS = ("The boiler service is booked for Tuesday at 9am.",
                 "The spare key for the bike lock is in the kitchen drawer.")
 
 
-def routine(root: Path, truth: set[tuple[str, str]]) -> None:
-    """Four single adds, one a repeat of an old unit that no planted pair involves, then a run."""
+def routine(root: Path, truth: set[tuple[str, str]], with_writer: bool) -> None:
+    """Four single adds, one a repeat of an old unit that no planted pair involves, then a run (beside a
+    writer, ``with_writer``: its processes take CPU from the run, so the run's own time is measured
+    without one)."""
     import lance
 
     involved = {i for pair in truth for i in pair}
@@ -124,15 +178,23 @@ def routine(root: Path, truth: set[tuple[str, str]]) -> None:
         if done.returncode != 0:
             sys.exit(f"memos add failed: {done.stderr.strip()}")
         added.append(json.loads(done.stdout)["id"])
-    report, wall, rss = run(root, "routine")
+    name = "routine-writer" if with_writer else "routine"
+    writer = Writer(root, name)
+    if with_writer:
+        with writer:
+            report, wall, rss = run(root, name, writer)
+    else:
+        report, wall, rss = run(root, name)
     phases = ", ".join(f"{k} {v:.2f}s" for k, v in report["timings"].items())
     merged = [a["units"] for a in report["actions"] if a["action"] == "merge" and a["status"] == "done"]
     scope = report.get("scope", {}).get("default", {})
-    print(f"routine run (after {len(texts)} single adds of {min(walls):.1f}-{max(walls):.1f}s, one a repeat of "
+    print(f"{name} run (after {len(texts)} single adds of {min(walls):.1f}-{max(walls):.1f}s, one a repeat of "
           f"{old['id'][:10]}): {wall:.2f}s wall (its own {report['seconds']:.2f}s: {phases}); peak RSS {rss:.0f} MiB")
     print(f"  mode {report.get('mode')} ({json.dumps(scope)}); {report['summary']}; commit "
           f"{report['commit'] and report['commit'][:10]}; the repeat merged into the old unit: "
           f"{[old['id'], added[2]] in merged}")
+    if with_writer:
+        print(writer.summary())
 
 
 def main() -> None:
@@ -149,7 +211,8 @@ def main() -> None:
     truth, built = build(where, args.source, args.n, args.share)
     print(f"built {args.n} units ({len(truth)} planted duplicates) in one import commit: {built:.1f}s")
 
-    report, wall, rss = run(where, "first")
+    with Writer(where, "first") as writer:
+        report, wall, rss = run(where, "first", writer)
     found = {(a["units"][0], dup) for a in report["actions"] if a["action"] == "merge" and a["status"] == "done"
              for dup in a["units"][1:]}
     hit = len(found & truth)
@@ -158,12 +221,14 @@ def main() -> None:
     print(f"  {report['summary']}; commit {report['commit'] and report['commit'][:10]}")
     print(f"  merges: pairs {len(found)}, planted {len(truth)}, both {hit}: precision {hit / max(1, len(found)):.4f}, "
           f"recall {hit / len(truth):.4f}")
+    print(writer.summary())
     for a in [a for a in report["actions"] if a["status"] == "skipped"][:5]:
         print(f"  skipped: {a['action']} {' '.join(a['units'])}: {a.get('note', '')}")
     second, wall2, rss2 = run(where, "second")
     print(f"second run: {wall2:.1f}s wall, peak RSS {rss2:.0f} MiB: {second['summary']}, commit {second['commit']}, "
           f"mode {second.get('mode')}")
-    routine(where, truth)
+    routine(where, truth, with_writer=False)
+    routine(where, truth, with_writer=True)
     if args.keep is None:
         shutil.rmtree(where.parent, ignore_errors=True)
 

@@ -108,3 +108,45 @@ def test_writers_wait_for_a_slice_not_for_the_whole_run(store, cli, tmp_path) ->
     assert len(adds) == 6 and slices
     longest = max(r["held"] for r in slices)
     assert max(r["waited"] for r in adds) <= longest + 1.0  # a writer waits for one slice at most, not the run
+
+
+def test_slices_are_sized_from_a_fixed_and_a_per_unit_cost() -> None:
+    """At 100k units a slice costs about 0.45 s whatever its size, plus about 1 ms a unit: the next
+    slice must be sized for the lock time left after the fixed part, not shrunk to the minimum."""
+    def cost(n: int) -> float:
+        return 0.45 + 0.001 * n
+
+    held: list[tuple[int, float]] = []
+    for _ in range(6):
+        n = sched._slice_size(held)
+        held.append((n, cost(n)))
+    assert [n for n, _ in held[:2]] == [sched.SLICE_FIRST, sched.SLICE_FIRST // 2]
+    expected = int((sched.SLICE_SECONDS - 0.45) / 0.001)
+    assert all(abs(n - expected) <= 2 for n, _ in held[2:])
+    # a fixed part over the target leaves the smallest slice; a cheap store gets big ones
+    assert sched._slice_size([(200, 1.2), (100, 1.1)]) == sched.SLICE_MIN
+    assert sched._slice_size([(200, 0.012), (100, 0.011)]) == sched.SLICE_MAX
+
+
+def test_only_a_run_that_changed_many_units_compacts_the_table(store, monkeypatch) -> None:
+    """Compaction rewrites the whole table: a routine run that merged a pair leaves it to the table's
+    own tiered merging; a run that changed many units (here more than 3) compacts."""
+    store.set_config(*NO_HEAT)
+    monkeypatch.setattr(sched, "COMPACT_CHANGED", 3)
+    monkeypatch.setattr(sched, "COMPACT_SHARE", 1.0)  # 3 units whatever the store's size, from 3 up
+    store.import_records(list(enumerate([{"text": f"Chapter {i} of the manual covers {w}."} for i, w in
+                                         enumerate(["boilers", "trains", "gardens", "taxes", "cameras"])], 1)))
+
+    def pairs(words: list[str]) -> None:
+        records = [{"text": f"The {w} folder goes back to the office on Monday."} for w in words]
+        records += [{"text": f"the {w} folder goes back to the office on monday"} for w in words]
+        store.import_records(list(enumerate(records, 1)))
+
+    pairs(["blue"])
+    routine = consolidate(store)
+    assert routine.counts()["merge"] == 1 and store.table.fragments() < sched.COMPACT_FRAGMENTS
+    assert not [m for m in routine.maintenance if m.startswith("compacted")]
+    pairs(["green", "yellow"])
+    big = consolidate(store)
+    assert big.counts()["merge"] == 2
+    assert [m for m in big.maintenance if m.startswith("compacted")]

@@ -116,13 +116,14 @@ class StoreRepo:
     def modified(self, paths: Iterable[str]) -> set[str]:
         """Those of these paths whose file differs from HEAD's (changed or removed by hand, not committed)."""
         paths = sorted(set(paths))
-        found: set[str] = set()
-        if self.head() is None:
-            return found
-        for start in range(0, len(paths), 2000):  # by content: a file merely touched is not modified
-            out = self.run(["diff", "--name-only", "--no-renames", "-z", "HEAD", "--", *paths[start:start + 2000]])
-            found.update(p for p in out.split("\0") if p)
-        return found
+        if self.head() is None or not paths:
+            return set()
+        # By content: a file merely touched is not modified. Git matches each pathspec against every
+        # index entry, so for more than a few paths one diff of the whole tree is much faster (0.1 s
+        # against 2.8 s for 2,000 paths at 100k units), and its answer is filtered here.
+        spec = ["--", *paths] if len(paths) <= 64 else []
+        out = self.run(["diff", "--name-only", "--no-renames", "-z", "HEAD", *spec])
+        return {p for p in out.split("\0") if p} & set(paths)
 
     def warm(self) -> None:
         """Start gitpython's object reader (a long-lived ``git cat-file``), so that a write under the
