@@ -234,3 +234,21 @@ def test_next_command_restores_a_half_written_store_and_says_so(cli, filled):
     assert done.err.startswith("memos: recovered from an interrupted import"), done.err
     assert len(json.loads(done.out)) == 3 and head(filled) == before
     assert cli("list", "--json").err == ""  # said once
+
+
+PANDAS_PROBE = textwrap.dedent("""
+    import atexit, sys
+    atexit.register(lambda: print("pandas loaded:", sys.modules.get("pandas") is not None, file=sys.stderr))
+    from memos_cli.cli.app import main
+    sys.argv = ["memos", "--store", sys.argv[1], "recall", "green tea", "--json"]
+    main()
+""")
+
+
+def test_a_command_starts_without_pandas(filled):
+    """pandas is installed (for the embedding model's package) and pyarrow would import it as the
+    table opens, 0.5 s of every command; the CLI does without, and recall still works."""
+    done = subprocess.run([sys.executable, "-c", PANDAS_PROBE, str(filled)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "pandas loaded: False" in done.stderr
+    assert json.loads(done.stdout)["results"][0]["text"] == "Alice prefers green tea to coffee"

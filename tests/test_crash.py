@@ -31,8 +31,8 @@ from memos_cli.core.store import MemoryStore
 from .conftest import Runner, commit_count, git, head
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-UNITS = 600
-KILLS = 8
+UNITS = 200
+KILLS = 4
 MODES = ["write", "uniform", "write", "write"]  # 3 of 4 kills aimed at the write phase
 
 

@@ -66,6 +66,22 @@ def test_unit_fields_round_trip(store):
     assert got.model == store.embedder.model_id and len(got.vector) == store.embedder.dim
 
 
+def test_the_table_is_one_lancedb_opens_and_searches(store):
+    """memos writes the table with Lance alone; LanceDB (a test dependency only) opens it as its own
+    table, its full-text index included, after adds, an edit and a forget."""
+    import lancedb
+
+    kept = store.add("The passport is in the blue folder on the top shelf.")
+    gone = store.add("The old bike lock code was 1234.")
+    store.edit(kept.id, {"tags": ["documents"]})
+    store.forget([gone.id])
+    table = lancedb.connect(str(store.table.dir)).open_table("units")
+    assert table.count_rows() == 2
+    assert "terms_idx" in {i.name for i in table.list_indices()}
+    hits = table.search("passport folder", query_type="fts").limit(5).to_list()
+    assert [h["id"] for h in hits] == [kept.id] and hits[0]["tags"] == ["documents"]
+
+
 def test_get_by_prefix_and_unknown_id(store):
     unit = store.add("something")
     assert store.get(unit.id[:12]).id == unit.id
@@ -279,15 +295,15 @@ WRITE_LOOP = textwrap.dedent("""
 @pytest.mark.slow
 def test_a_reader_keeps_working_while_another_process_writes_and_compacts(store):
     store.import_records([(i, {"text": f"seed memory {i} about gardens"}) for i in range(50)])
-    writer = subprocess.Popen([sys.executable, "-c", WRITE_LOOP, str(store.root), "120"])
+    writer = subprocess.Popen([sys.executable, "-c", WRITE_LOOP, str(store.root), "40"])
     recalls = 0
     while writer.poll() is None:  # every 16 adds merge fragments and delete the old files
         assert len(store.recall("gardens and boats", 5)) == 5
         recalls += 1
-    assert writer.returncode == 0 and recalls > 20
+    assert writer.returncode == 0 and recalls > 5
     # The long-lived reader sees what the other process wrote.
-    assert store.table.count() == 170
-    assert store.recall("writer memory 119 boats", 1)[0].unit.text == "writer memory 119 about boats and gardens"
+    assert store.table.count() == 90
+    assert store.recall("writer memory 39 boats", 1)[0].unit.text == "writer memory 39 about boats and gardens"
 
 
 RACE_INIT = textwrap.dedent("""

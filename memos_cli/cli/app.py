@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.abc
 import os
 import sys
 from typing import Annotated
@@ -54,8 +55,6 @@ COMMAND_MODULES = ("write", "read", "chat", "change", "kv", "history", "maintain
 
 def load_commands() -> None:
     """Import the modules that register commands (in this order in --help)."""
-    import importlib
-
     for module in COMMAND_MODULES:
         importlib.import_module(f".{module}", __package__)
 
@@ -66,8 +65,22 @@ def _say_notes(exc: BaseException) -> None:
         print(f"memos: {note}", file=sys.stderr)
 
 
+class _WithoutPandas(importlib.abc.MetaPathFinder):
+    """pandas is installed (the embedding model's package needs it), and pyarrow imports it as
+    ``pyarrow.dataset`` loads: 0.5 s of the start of every command that reads the table, for a
+    library memos never uses. In the CLI's process it is absent, as where it is not installed
+    (pyarrow then does without it)."""
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
+        if name == "pandas" or name.startswith("pandas."):
+            raise ModuleNotFoundError(f"No module named {name!r} (memos runs without pandas)", name=name)
+        return None
+
+
 def main() -> None:
     """Console entry point: run the app; a ``MemosError`` becomes one line on stderr."""
+    if "pandas" not in sys.modules:
+        sys.meta_path.insert(0, _WithoutPandas())
     # What memos writes is private (files 0600, directories 0700), as with ssh and gpg: the
     # store's own files get these modes anyway, but memory text also reaches files written
     # by others with the umask (git's checkout of unit files, LanceDB's data files written

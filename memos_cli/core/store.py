@@ -484,11 +484,9 @@ class MemoryStore:
             lock.release()
 
     def _prepare_write(self) -> None:
-        """Import and open what a write uses before its lock is taken (gitpython, Lance, LanceDB:
-        about 2 s on a cold start), so that the lock is held only for the write itself."""
+        """Import and open what a write uses before its lock is taken (gitpython, Lance: about 1 s on
+        a cold start), so that the lock is held only for the write itself."""
         self.repo.warm()  # imports gitpython, starts its object reader
-        import lancedb  # noqa: F401 - the table's writes need it
-
         from . import purge, sync  # noqa: F401 - recovery and the table's sync use them under the lock
 
         if self.table.exists():

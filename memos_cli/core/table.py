@@ -5,13 +5,13 @@ table holds them again with their embeddings and the full-text and vector
 indexes, for search. It lives in ``tables/``, which git ignores, next to a
 marker (``synced.json``) naming the commit it reflects (see ``sync``).
 
-Reads (recall, list, show, stats) go through ``lance`` (pylance), the format
-library under LanceDB: importing it takes about 0.4 s against 1.3 s for
+Reads and writes go through ``lance`` (pylance), the format library LanceDB
+is built on: importing it takes about 0.4 s against another 1.1 s for
 ``lancedb``, whose REST namespace client a local store never uses, and cold
-start is what a CLI run from scripts pays on every call. Writes (creating the
-table, appends, upserts, the full-text index, optimize) go through
-``lancedb``, imported only when a command writes. Both work on the same
-dataset on disk.
+start is what a CLI run from scripts pays on every call (every ``memos add``
+paid it until writes moved here too). The table on disk is the one LanceDB
+makes (``lancedb.connect("tables").open_table("units")`` opens it), with the
+full-text index of LanceDB's default ``FTS()`` settings.
 """
 
 from __future__ import annotations
@@ -20,16 +20,13 @@ import json
 import math
 import os
 import time
-import warnings
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-# Lance (in pylance) and LanceDB (which bundles its own Lance) log warnings from
-# Rust straight to stderr; a CLI shows only its own errors.
+# Lance logs warnings from Rust straight to stderr; a CLI shows only its own errors.
 os.environ.setdefault("LANCE_LOG", "error")
-os.environ.setdefault("LANCEDB_LOG", "error")
 
 import lance  # noqa: E402
 import pyarrow as pa  # noqa: E402
@@ -155,7 +152,6 @@ class UnitTable:
         self.path = tables_dir / f"{TABLE}.lance"
         self._ds: Any = None
         self._ds_stamp: frozenset[str] = frozenset()
-        self._writer: Any = None
 
     def exists(self) -> bool:
         return (self.path / "_versions").is_dir()
@@ -197,8 +193,6 @@ class UnitTable:
         except (OSError, ValueError, pa.ArrowInvalid):
             self.drop()  # that version is gone: the next command rebuilds the table from the files
             return
-        if self._writer is not None:
-            self._writer.checkout_latest()
         self._changed()
 
     def drop(self) -> None:
@@ -208,7 +202,6 @@ class UnitTable:
         self.unmark()
         if self.path.exists():
             shutil.rmtree(self.path)
-        self._writer = None
         self._changed()
 
     @property
@@ -231,23 +224,13 @@ class UnitTable:
             self._ds_stamp = stamp
         return self._ds
 
-    @property
-    def table(self) -> Any:
-        """The LanceDB table, for writing (``add`` creates it)."""
-        if self._writer is None:
-            import lancedb
-
-            self._writer = lancedb.connect(str(self.dir)).open_table(TABLE)
-        return self._writer
-
     def open_writer(self) -> None:
-        """Open the LanceDB table now (before the store's lock: importing and opening take seconds)."""
-        self.table  # noqa: B018
+        """Open the dataset now (before the store's lock), so that the write under it starts warm."""
+        if self.exists():
+            self.ds  # noqa: B018
 
     def refresh_writer(self) -> None:
-        """Under the lock: let a writer opened before it see what other writers committed since."""
-        if self._writer is not None and self.exists():
-            self._writer.checkout_latest()
+        """Under the lock: the next write starts from the latest version, whoever wrote it."""
         self._changed()
 
     def _changed(self) -> None:
@@ -273,19 +256,16 @@ class UnitTable:
     def add(self, units: list[MemoryUnit]) -> None:
         """Append embedded units; the first add creates the table with their vectors' width."""
         rows = to_arrow(units, len(units[0].vector or []))
-        if self.exists():
-            self.table.add(rows)
-        else:
-            import lancedb
-
-            self._writer = lancedb.connect(str(self.dir)).create_table(TABLE, data=rows)
+        if not self.exists():
+            self.dir.mkdir(parents=True, exist_ok=True)
+        lance.write_dataset(rows, str(self.path), mode="append" if self.exists() else "create")
         self._changed()
 
     def upsert(self, units: list[MemoryUnit]) -> None:
         if not self.exists():
             self.add(units)
             return
-        self.table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all().execute(
+        self.ds.merge_insert("id").when_matched_update_all().when_not_matched_insert_all().execute(
             to_arrow(units, self.dim or 0))
         self._changed()
 
@@ -294,8 +274,8 @@ class UnitTable:
             return
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
-            self.table.delete("id IN (" + ",".join(sql_str(i) for i in chunk) + ")")
-        self._changed()
+            self.ds.delete("id IN (" + ",".join(sql_str(i) for i in chunk) + ")")
+            self._changed()
 
     def present(self, columns: list[str]) -> list[str]:
         """Those of these columns the table has (a table of an older format may lack some)."""
@@ -325,25 +305,22 @@ class UnitTable:
         Unindexed rows are still searched (by a flat scan), so this only
         keeps queries fast; it never changes results.
         """
-        table = self.table
-        names = {i.name for i in table.list_indices()}
-        if FTS_INDEX not in names:
-            if table.count_rows() or force:
-                from lancedb.index import FTS
-
-                # Of the terms column (accents folded, CJK in n-grams, symbols named: see
-                # ``terms``), words lower-cased, stemmed (English), stop words dropped.
-                table.create_index(FTS_COLUMN, config=FTS(), replace=True, name=FTS_INDEX)
+        ds = self.ds
+        if FTS_INDEX not in {i.name for i in ds.describe_indices()}:
+            if ds.count_rows() or force:
+                # Of the terms column (accents folded, CJK in n-grams, symbols named: see ``terms``),
+                # words lower-cased, stemmed (English), stop words dropped: Lance's defaults, which
+                # are LanceDB's FTS() too.
+                ds.create_scalar_index(FTS_COLUMN, index_type="INVERTED", name=FTS_INDEX, replace=True)
         else:
-            stats = table.index_stats(FTS_INDEX)
-            if stats and (force or stats.num_unindexed_rows > max(1000, stats.num_indexed_rows // 10)):
-                # Not lancedb's optimize(): it would also rewrite every data file, and
-                # each rewrite would stay in git history. New rows go into a delta
-                # segment; once FTS_MAX_SEGMENTS pile up they are merged into one, as
-                # Lance merges only fragments that the same segments cover (maintain).
-                segments = stats.num_indices or 1
+            stats = ds.stats.index_stats(FTS_INDEX)
+            if force or stats["num_unindexed_rows"] > max(1000, stats["num_indexed_rows"] // 10):
+                # Not a full optimize: it would also rewrite every data file. New rows go into a
+                # delta segment; once FTS_MAX_SEGMENTS pile up they are merged into one, as Lance
+                # merges only fragments that the same segments cover (maintain).
+                segments = stats["num_indices"] or 1
                 merge = segments if segments + 1 >= FTS_MAX_SEGMENTS else 0  # all of them, with the new rows
-                self.ds.optimize.optimize_indices(index_names=[FTS_INDEX], num_indices_to_merge=merge)
+                ds.optimize.optimize_indices(index_names=[FTS_INDEX], num_indices_to_merge=merge)
         self._changed()
 
     def fragments(self) -> int:
@@ -383,8 +360,6 @@ class UnitTable:
                                       materialize_deletions_threshold=0.3)
             ds = self.ds
         self._index_vectors()
-        if self._writer is not None:
-            self._writer.checkout_latest()
         self._changed()
 
     def cleanup(self) -> None:
@@ -415,8 +390,10 @@ class UnitTable:
 
     def compact(self) -> None:
         """Merge all fragments, fold new rows into the indexes, drop old versions."""
-        with warnings.catch_warnings():  # we hold the store's lock: no other writer exists
-            warnings.simplefilter("ignore", UserWarning)
-            self.table.optimize(cleanup_older_than=timedelta(0), delete_unverified=True)
+        ds = self.ds
+        ds.optimize.compact_files()  # into fragments of up to 1M rows, deleted rows dropped
+        ds = self.ds
+        ds.optimize.optimize_indices()  # the rows the compaction moved, and new ones, into the indexes
+        self.cleanup()  # we hold the store's lock: no other writer exists
         self._index_vectors()
         self._changed()
