@@ -122,7 +122,7 @@ class Writer:
     def summary(self) -> str:
         lines = [json.loads(line) for line in self.trace.read_text().splitlines()] if self.trace.exists() else []
         adds = [x for x in lines if x["command"] == "memos add"]
-        runs = [x for x in lines if x["command"] != "memos add"]
+        runs = [x for x in lines if x["command"] != "memos add" and x["lock"] == "lock"]  # not its run lock
         waited = max((x["waited"] for x in adds), default=float("nan"))
         held = max((x["held"] for x in runs), default=float("nan"))
         failed = sum(1 for c in self.codes if c)

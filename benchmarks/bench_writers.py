@@ -94,13 +94,14 @@ def main() -> None:
             if args.keep:
                 shutil.copytree(root, args.keep, symlinks=True)
         env = {k: v for k, v in os.environ.items() if k not in ("MEMOS_LOCK_TIMEOUT", "MEMOS_DEBUG")}
-        env["PYTHONPATH"] = str(Path(args.code).resolve()) if args.code else str(ROOT)
+        code = str(Path(args.code).resolve()) if args.code else str(ROOT)
+        env["PYTHONPATH"] = code  # and the processes run there: `python -m` puts the current directory first
         memos = [sys.executable, "-m", "memos_cli", "--store", str(root)]
 
         trace = tmp / "serial.jsonl"
         env["MEMOS_LOCK_TRACE"] = str(trace)
         for i, text in enumerate(sentences(args.serial, seed=99)):
-            subprocess.run([*memos, "add", text, "--meta", f"serial={i}"], check=True, env=env,
+            subprocess.run([*memos, "add", text, "--meta", f"serial={i}"], check=True, env=env, cwd=code,
                            stdout=subprocess.DEVNULL)
         print(f"{args.serial} single adds, one after another: lock held {held(traces(trace))}")
 
@@ -108,7 +109,7 @@ def main() -> None:
         env["MEMOS_LOCK_TRACE"] = str(trace)
         started = time.perf_counter()
         procs = [subprocess.Popen([sys.executable, "-c", ADDER, str(root), f"w{n}", str(args.adds)],
-                                  stdout=subprocess.PIPE, text=True, env=env) for n in range(args.procs)]
+                                  stdout=subprocess.PIPE, text=True, env=env, cwd=code) for n in range(args.procs)]
         results = [json.loads(line) for p in procs for line in p.communicate()[0].splitlines() if line.strip()]
         wall = time.perf_counter() - started
         failed = [r for r in results if r["code"] != 0]
@@ -118,11 +119,11 @@ def main() -> None:
               f"{wall:.1f}s wall; longest wait for the lock {max(waits, default=0):.2f}s; lock held {held(records)}")
         for r in failed[:3]:
             print(f"  failed ({r['code']}): {r['err']}")
-        listed = subprocess.run([*memos, "list", "--json", "-n", "0"], capture_output=True, text=True, env=env,
+        listed = subprocess.run([*memos, "list", "--json", "-n", "0"], capture_output=True, text=True, env=env, cwd=code,
                                 check=True)
         ids = {u["id"] for u in json.loads(listed.stdout)}
         lost = [r["id"] for r in results if r["code"] == 0 and r["id"] not in ids]
-        check = subprocess.run([*memos, "check"], capture_output=True, text=True, env=env)
+        check = subprocess.run([*memos, "check"], capture_output=True, text=True, env=env, cwd=code)
         print(f"acknowledged adds missing from the store: {len(lost)}; memos check exit {check.returncode}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

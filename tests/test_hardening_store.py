@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -175,3 +176,37 @@ def test_concurrent_writers_with_the_default_timeout_all_land(store, cli) -> Non
     listed = {u["id"] for u in json.loads(cli("list", "--json", "-n", "0").out)}
     assert {r["id"] for r in results} <= listed
     assert cli("check").returncode == 0
+
+
+def test_a_gc_waits_for_another_processes_gc(store) -> None:
+    """A write repacks git after its lock (`gc --auto`), so purge's `gc --prune=now` under the lock can
+    find another gc running: it waits for it instead of failing."""
+    import socket
+    import threading
+
+    store.add("a memory, so that there is something to pack")
+    holder = subprocess.Popen(["sleep", "30"])
+    pid_file = store.root / ".git" / "gc.pid"
+    pid_file.write_text(f"{holder.pid} {socket.gethostname()}")
+    try:
+        threading.Timer(1.5, pid_file.unlink).start()  # the other gc finishes
+        store.repo.gc(prune=True)
+    finally:
+        holder.kill()
+    assert not pid_file.exists()
+
+
+def test_the_hand_edit_check_never_writes_gits_index(store) -> None:
+    """`git diff` writes back refreshed stat data under .git/index.lock when it can, and a writer's
+    commit (`update-index`) failed if it came at that moment: the check (made by consolidate without
+    the store's lock) must leave the index alone, and still tell a touched file from a changed one."""
+    touched, changed = store.add("a memory whose file is touched"), store.add("a memory changed by hand")
+    later = time.time() + 5
+    os.utime(store.root / files.unit_path(touched.id), (later, later))  # stat data stale, content the same
+    path = store.root / files.unit_path(changed.id)
+    path.write_text(path.read_text().replace("changed by hand", "CHANGED by hand"))
+    index = store.root / ".git" / "index"
+    before = index.stat().st_mtime_ns
+    assert store.hand_edited([touched.id, changed.id]) == [changed.id]  # a pathspec each
+    assert store.hand_edited([touched.id, changed.id] * 40) == [changed.id]  # the whole-tree diff
+    assert index.stat().st_mtime_ns == before

@@ -272,7 +272,7 @@ def _rewrite_history(store: MemoryStore, paths: list[str], report: PurgeReport) 
         _filter_repo(store, drop)
     killpoint.reached("purge.rewritten")
     repo.run(["reflog", "expire", "--expire=now", "--expire-unreachable=now", "--all"])
-    repo.run(["gc", "-q", "--prune=now"])
+    repo.gc(prune=True)
     killpoint.reached("purge.pruned")
     store.table.mark(repo.head())
 

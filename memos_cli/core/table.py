@@ -328,7 +328,7 @@ class UnitTable:
             return 0
         return len(self.ds.get_fragments())
 
-    def maintain(self) -> None:
+    def maintain(self, indexes: bool = True) -> None:
         """After a write: bound the fragment count and keep one table version on disk.
 
         Every write appends a fragment, and the manifest (rewritten, and
@@ -340,6 +340,7 @@ class UnitTable:
         fragment untouched. A row is thus rewritten once per level
         (log_16 of the table size: 3 times by 10k rows), never again in
         between, and both add latency and history growth per unit stay flat.
+        The vector index is kept current too, unless not ``indexes``.
         """
         ds = self.ds
         for _ in range(8):  # a merge can fill the next level; 16^8 rows is far away
@@ -359,7 +360,8 @@ class UnitTable:
             ds.optimize.compact_files(target_rows_per_fragment=1 << 30, excluded_fragment_ids=others,
                                       materialize_deletions_threshold=0.3)
             ds = self.ds
-        self._index_vectors()
+        if indexes:
+            self._index_vectors()
         self._changed()
 
     def cleanup(self) -> None:
