@@ -225,9 +225,11 @@ class UnitTable:
         return self._ds
 
     def open_writer(self) -> None:
-        """Open the dataset now (before the store's lock), so that the write under it starts warm."""
+        """Before the store's lock: open the dataset and read its ids, so that the write under the
+        lock starts warm. An upsert matches rows by id, and the first one in a process, cold, took
+        0.5-2.5 s at 100k units (Lance loading the files' metadata); after this read (10 ms), 0.03 s."""
         if self.exists():
-            self.ds  # noqa: B018
+            self.ds.to_table(columns=["id"])
 
     def refresh_writer(self) -> None:
         """Under the lock: the next write starts from the latest version, whoever wrote it."""
