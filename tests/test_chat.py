@@ -297,3 +297,34 @@ def test_an_interactive_session_on_a_terminal(chat_store: Path) -> None:
     assert proc.wait(timeout=60) == 0
     os.close(master)
     assert commit_count(chat_store) == before + 2  # the answered turn, and the forget
+
+
+def test_a_block_grown_at_its_end_keeps_the_saved_state_and_answers_as_a_full_prefill(chat_store: Path) -> None:
+    from memos_cli.core import activation
+    from memos_cli.core.prompt import head_text
+    from memos_cli.core.store import MemoryStore
+    from memos_cli.models import kvcache
+    from memos_cli.models.generator import load_generator
+
+    store = MemoryStore(chat_store)
+    units = store.list(limit=0)
+    pinned, others = [u for u in units if u.pinned], [u for u in units if not u.pinned]
+    selection = activation.Selection(top=5)
+    with load_generator(None) as gen:
+        first = activation.build(store, gen, "default", selection, units=pinned)
+        grown = activation.build(store, gen, "default", selection, units=pinned + others)
+        assert first.extra["kept_tokens"] == 0  # nothing to start from
+        assert first.n_tokens - 2 <= grown.extra["kept_tokens"] < grown.n_tokens  # only the new units prefilled
+        assert [a.id for a in activation.records(store, "default") if a.selection == selection] == [grown.id]
+
+        head, tail = gen.format.render(head_text(pinned + others), "", [], Q)
+        question = gen.tokenize(head, head=True) + gen.tokenize(tail)
+        gen.prefill(question[:grown.n_tokens])
+        full = "".join(gen.stream(question, temperature=0.0, max_tokens=12))
+        kv = kvcache.read(activation.kv_dir(store), grown.sha256)
+        gen.load_state(kv.state, kv.tokens)
+        from_grown = "".join(gen.stream(question, temperature=0.0, max_tokens=12))
+        reordered = activation.build(store, gen, "default", selection, units=pinned + others[::-1])
+    assert full and from_grown == full
+    # Kept up to where the two differ: the pinned units and the start of the first other line (its date).
+    assert first.n_tokens - 2 <= reordered.extra["kept_tokens"] < grown.n_tokens - 10

@@ -137,10 +137,18 @@ def test_heat_promotes_the_hottest_into_activation_memory_and_rebuilds_only_when
 
     for _ in range(3):
         store.recall("car service", k=1, context=False)
-    third = consolidate(store)
-    moved = {x.action: x.units for x in third.actions}
-    assert moved["promote"] == [units[3].id] and moved["demote"] == [units[1].id]  # the coolest of the two
-    assert [s["id"] for s in activation.records(store, "default")[0].sources][0] == pinned.id
+    third = consolidate(store)  # one unit became hot: appended; the one that cooled stays (top // 2 = 1 may)
+    assert [(x.action, x.units, x.status) for x in third.actions] == [("promote", [units[3].id], "done")]
+    grown = activation.records(store, "default")[0]
+    assert [s["id"] for s in grown.sources] == hot + [units[3].id]
+    assert consolidate(store).actions == []  # the cooled unit alone is no reason to rebuild
+
+    for _ in range(4):
+        store.recall("Bob birthday", k=1, context=False)
+    fourth = consolidate(store)  # two of the block have now cooled out of the top 2: rebuilt in heat order
+    moved = {x.action: x.units for x in fourth.actions}
+    assert set(moved["demote"]) == {units[1].id, units[2].id} and moved["promote"] == [units[0].id]
+    assert [s["id"] for s in activation.records(store, "default")[0].sources] == [pinned.id, units[0].id, units[3].id]
 
     from memos_cli.core.chat import ChatOptions, ChatSession
     from memos_cli.models.generator import load_generator

@@ -405,10 +405,10 @@ def build(store: MemoryStore, generator: Generator, cube: str, selection: Select
     text = head_text(units)
     tokens = generator.tokenize(text, head=True)
     check_fits(len(tokens), generator.n_ctx)
-    started = time.perf_counter()
-    generator.prefill(tokens)
-    state = generator.save_state()
     identity = {k: v for k, v in generator.identity.to_json().items() if k != "path"}
+    started = time.perf_counter()
+    kept = _prefill(store, generator, cube, selection, identity, tokens)
+    state = generator.save_state()
     sources = [{"id": u.id, "version": u.version} for u in units]
     record = Activation(
         id=new_id(), cube=cube, selection=selection, sources=sources, sha256="", bytes=0,
@@ -422,6 +422,7 @@ def build(store: MemoryStore, generator: Generator, cube: str, selection: Select
             raise StoreError(f"the memory changed while the block was prefilled ({why}); nothing was saved, build again")
         record.sha256, record.bytes, _ = kvcache.write(kv_dir(store), state, tokens, meta)
         record.build_seconds = time.perf_counter() - started
+        record.extra["kept_tokens"] = kept
         current = records(store)
         replaced = [a for a in current if a.cube == cube and a.selection == selection and a.model == identity]
         keep = [a for a in current if a not in replaced] + [record]
@@ -429,6 +430,28 @@ def build(store: MemoryStore, generator: Generator, cube: str, selection: Select
         _remove_unreferenced(store, keep, {a.sha256 for a in replaced})
     record.extra["replaced"] = [a.id for a in replaced]
     return assess(store, record, generator.identity)
+
+
+def _prefill(store: MemoryStore, generator: Generator, cube: str, selection: Selection, identity: dict[str, Any],
+             tokens: list[int]) -> int:
+    """Prefill ``tokens``, from the block this build replaces when the two start alike (a heat block
+    that grew by a few units at its end): only what differs is evaluated. Returns the tokens kept."""
+    from memos_cli.models import kvcache
+
+    previous = next((a for a in records(store) if a.cube == cube and a.selection == selection
+                     and a.model == identity), None)
+    if previous is not None:
+        try:
+            kv = kvcache.read(kv_dir(store), previous.sha256)
+        except kvcache.CacheError:
+            kv = None  # missing or damaged: prefill from empty
+        if kv is not None and kv.tokens[:1] == tokens[:1]:
+            try:
+                return generator.prefill_from(kv.state, kv.tokens, tokens)
+            except ModelError:  # llama.cpp refused the old state
+                pass
+    generator.prefill(tokens)
+    return 0
 
 
 # ---- is it usable? ------------------------------------------------------------------

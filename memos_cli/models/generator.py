@@ -219,6 +219,29 @@ class Generator:
         self._clear()
         self._llm.eval(tokens)
 
+    def prefill_from(self, state: np.ndarray, state_tokens: list[int], tokens: list[int]) -> int:
+        """Evaluate ``tokens``, starting from a state saved after ``state_tokens``: the part of it the
+        two share at their start is kept, the rest evaluated. Returns how many tokens were kept (0: it
+        was prefilled from empty, as llama.cpp cannot drop the tail of some caches, a sliding window's)."""
+        if len(tokens) >= self.n_ctx:
+            raise UsageError(f"the prompt is {len(tokens)} tokens, more than the context of {self.n_ctx} (use --ctx)")
+        common = 0
+        for old, new in zip(state_tokens, tokens, strict=False):
+            if old != new:
+                break
+            common += 1
+        if common == 0:
+            self.prefill(tokens)
+            return 0
+        self.load_state(state, state_tokens)
+        if not self._llm._ctx.kv_cache_seq_rm(-1, common, -1):
+            self.prefill(tokens)
+            return 0
+        self._llm.n_tokens = common
+        if common < len(tokens):
+            self._llm.eval(tokens[common:])
+        return common
+
     def save_state(self) -> np.ndarray:
         """The KV state of what was evaluated, as bytes (a uint8 array)."""
         ctx = self._ctx()
