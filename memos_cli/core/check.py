@@ -123,7 +123,8 @@ def _rebuild(store: MemoryStore, report: CheckReport) -> None:
         except MemosError:
             continue  # reported as a units problem; nothing to index
     if report.reembed_all:
-        store.table.drop()  # nothing in it to reuse
+        with store.table.exclusive():
+            store.table.drop()  # nothing in it to reuse
     elif report.reembed:
         store.table.delete(sorted(report.reembed))  # so the rebuild embeds them again
     rebuild(store, units)

@@ -111,7 +111,7 @@ if TYPE_CHECKING:
     from .policy import ConsolidatePolicy
     from .store import MemoryStore
 
-COMPACT_FRAGMENTS = 32  # any run compacts a table with this many (UnitTable.maintain keeps 15 a level)
+COMPACT_FRAGMENTS = 32  # any run compacts a table with this many (store.upkeep keeps 15 a level)
 COMPACT_CHANGED = 1000  # a run that changed at least this many units (or COMPACT_SHARE of them) compacts
 COMPACT_SHARE = 0.05
 DEDUPE_PASSES = 5  # at most, above dedupe.EXACT_MAX units (see Planner.duplicates)
@@ -949,7 +949,7 @@ def _may_grow(store: MemoryStore, record: Any, hot: list[MemoryUnit], leaving: l
 @contextmanager
 def run_lock(store: MemoryStore) -> Iterator[None]:
     """One consolidate at a time per store: waits up to the lock timeout, then says who runs."""
-    lock = StoreLock(store.state_dir / "consolidate.lock", store._lock_for().timeout)
+    lock = StoreLock(store.run_lock_path, store._lock_for().timeout)
     try:
         lock.acquire()
     except LockedError:
@@ -1036,6 +1036,8 @@ def consolidate(store: MemoryStore, *, cube: str | None = None, dry_run: bool = 
                 since = time.perf_counter()
                 _compact(store, report)
                 report.timed("compaction", since)
+            elif report.commits:
+                store.upkeep(from_run=True)  # what the slices skipped
     finally:
         models.close()
         report.seconds = time.perf_counter() - started
@@ -1227,7 +1229,7 @@ def _apply_slice(store: MemoryStore, report: Report, edits: list[Action], planne
     held_since = 0.0
     with store.transaction("consolidate", cube=cube_names) as txn:
         held_since = time.perf_counter()
-        txn.defer_indexes = True  # the compaction after a big run refreshes them; a small run's next write does
+        txn.skip_upkeep = True  # the run compacts the table at its end, or keeps it up (store.upkeep)
         involved = sorted({i for a in edits for i in a.units})
         current = {u.id: u for u in store._units_by_id(involved)}
         changed: dict[str, MemoryUnit] = {}
@@ -1336,7 +1338,7 @@ def _compact(store: MemoryStore, report: Report) -> None:
         report.maintenance += activation.repair_locked(store)
     # Compaction rewrites the whole table (2 s at 100k units): worth it after a big run, whose new
     # versions leave as many deleted rows behind, not after a routine one, whose few new rows the
-    # table's own tiered merging (UnitTable.maintain) already keeps in few fragments.
+    # table's own tiered merging (store.upkeep, which the run's slices skipped) keeps in few fragments.
     changed = len({i for a in report.actions if a.status == "done" and a.action not in HEAT_ACTIONS
                    for i in a.units})
     fragments = store.table.fragments()
@@ -1346,6 +1348,8 @@ def _compact(store: MemoryStore, report: Report) -> None:
         report.maintenance.append(f"compacted: {fragments} table fragments -> {store.table.fragments()}, "
                                   f"tables {_mb(sizes['tables_bytes_before'])} -> {_mb(sizes['tables_bytes_after'])}, "
                                   f".git {_mb(sizes['git_bytes_before'])} -> {_mb(sizes['git_bytes_after'])}")
+    elif report.commits:
+        store.upkeep(from_run=True)
 
 
 def _mb(n: int) -> str:

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import files, killpoint
 from .config import CONFIG_NAME, SCHEMA_VERSION, StoreConfig
-from .errors import MemosError, NotFoundError, StoreError, UsageError
+from .errors import LockedError, MemosError, NotFoundError, StoreError, UsageError
 from .lock import StoreLock
 from .policy import toml_literal
 from .units import MemoryUnit, build_unit, default_user, iso, utcnow
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from .table import UnitTable
 
 TABLES_DIR = "tables"
+RUN_LOCK = "consolidate.lock"  # in the state dir: see MemoryStore.run_lock_path
 EMBED_BATCH = 256
 
 
@@ -65,9 +66,9 @@ class Transaction:
     commit: str | None = None  # the new commit, once made
     allow_empty: bool = False  # commit even when no file changed
     after_commit: list[Callable[[], object]] = field(default_factory=list)  # run under the lock
-    # Leave the table's indexes as they are (rows not in them are still searched, by a flat scan): a
-    # consolidate slice, as folding 10k new rows into the full-text index held the lock 5-7 s at 100k.
-    defer_indexes: bool = False
+    # No upkeep of the table after this write (``MemoryStore.upkeep``): a consolidate slice, as the run
+    # compacts the table at its end, and folding rows into an index after each slice would only slow it.
+    skip_upkeep: bool = False
 
     def message(self) -> str:
         n = len(self.ids)
@@ -398,13 +399,16 @@ class MemoryStore:
         what = f"{len(units)} units are now files in git" if old < 2 else "memories can now be pinned"
         self.notices.append(f"upgraded the store from schema {old} to schema {SCHEMA_VERSION}: {what}")
 
-    def _sync_locked(self) -> None:
+    def _sync_locked(self) -> bool:
+        """Bring the table to HEAD (under the lock); whether anything was done."""
         from .sync import is_current, sync
 
         if not is_current(self):
             done = sync(self)
             if done:
                 self.notices.append(done)
+                return True
+        return False
 
     def _ensure_current(self) -> None:
         """Before a read: make sure the table reflects HEAD, if no writer is busy.
@@ -425,9 +429,11 @@ class MemoryStore:
         try:
             self._recover_locked()
             self._upgrade_locked()
-            self._sync_locked()
+            synced = self._sync_locked()
         finally:
             lock.release()
+        if synced:
+            self.upkeep()  # the rows the sync wrote, into the indexes
 
     @contextmanager
     def transaction(self, op: str, *, cube: str = "default", user: str | None = None) -> Iterator[Transaction]:
@@ -459,8 +465,6 @@ class MemoryStore:
                 committed = True
                 killpoint.reached("committed")
                 self._access_folding.unlink(missing_ok=True)  # those counts are in the commit now
-                if self.table.exists():
-                    self.table.maintain(indexes=not txn.defer_indexes)
                 self.table.mark(self.repo.head())
                 self.table.cleanup()
                 for step in txn.after_commit:
@@ -490,6 +494,8 @@ class MemoryStore:
             self.repo.maybe_pack()
         except MemosError:
             pass
+        if not txn.skip_upkeep:
+            self.upkeep()
 
     def _prepare_write(self) -> None:
         """Import and open what a write uses before its lock is taken (gitpython, Lance: about 1 s on
@@ -518,8 +524,6 @@ class MemoryStore:
             self.table.add(units)
         else:
             self.table.upsert(units)
-        if not txn.defer_indexes:
-            self.table.ensure_fts_index()
 
     def hand_edited(self, ids: Iterable[str]) -> list[str]:
         """Those of these units whose file has changes not committed (edited by hand): a write must
@@ -882,25 +886,111 @@ class MemoryStore:
             if progress:
                 progress(done, total)
 
+    def upkeep(self, *, from_run: bool = False) -> None:
+        """After a write, outside the store's lock: keep the table quick to search and to write to.
+
+        Merges fragments (``UnitTable.merge_plan``) and folds new rows into the full-text and vector
+        indexes. Under the lock, each cost a write 50 ms (a merge at 10k units) to several seconds (a
+        fold at 100k), and every other writer waited. Now the merged files are written with no lock
+        and committed under it (10 ms), and an index is committed by Lance alone, which keeps it
+        consistent with the writes committed meanwhile. One upkeep at a time per store
+        (``UnitTable.upkeep_lock``; a writer that finds one at work leaves it); it changes no row, so
+        it needs no journal, and a kill leaves at worst files no version names, which
+        ``memos compact`` removes. Best effort: the write is done whatever happens here. Left while a
+        consolidate run is under way, unless the run itself asks (``from_run``).
+        """
+        table = self.table
+        if not table.exists() or (not from_run and self._run_going()):
+            return
+        with table.exclusive(None) as held:
+            if held:
+                self._upkeep(table)
+
+    @property
+    def run_lock_path(self) -> Path:
+        """Held by a ``memos consolidate`` run (``scheduler.run_lock``)."""
+        return self.state_dir / RUN_LOCK
+
+    def _run_going(self) -> bool:
+        """Whether a consolidate run is under way: its slices change many rows, and its end compacts the
+        table, so a writer's upkeep meanwhile would only take its CPU (and fold rows twice)."""
+        try:
+            fd = os.open(self.run_lock_path, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # and the probe's lock with it
+        return False
+
+    def _upkeep(self, table: UnitTable) -> None:
+        from .table import UPKEEP_LOCK_WAIT
+
+        def commit(results: list[Any]) -> bool:
+            if not table.commit_rewrite(results):
+                return False
+            table.cleanup()  # one table version on disk, as after any write
+            return True
+
+        try:
+            for _ in range(8):  # a merge can fill the next level; 16^8 rows is far away
+                plan = table.merge_plan()
+                if plan is None:
+                    break
+                results = table.rewrite(plan)
+                if not self._with_lock(UPKEEP_LOCK_WAIT, lambda r=results: commit(r)):
+                    table.discard(results)  # a no-op when commit_rewrite removed them already
+                    break
+            if table.fold_indexes():
+                self._with_lock(UPKEEP_LOCK_WAIT, table.cleanup)
+        except (OSError, ValueError, RuntimeError) as exc:  # Lance's errors; the next write's upkeep retries
+            if "not found" not in str(exc).lower():  # not a file a writer's cleanup took meanwhile
+                self.notices.append(f"the search table's upkeep was left for the next write ({_one_line(exc)})")
+
+    def _with_lock(self, timeout: float, step: Callable[[], Any]) -> Any:
+        """``step()`` under the store's lock, waiting at most ``timeout``; False when it was busy."""
+        lock = self._lock_for(timeout)
+        try:
+            lock.acquire()
+        except LockedError:
+            return False
+        try:
+            self._recover_locked()
+            return step()
+        finally:
+            lock.release()
+
     def compact(self, *, prune: bool = True) -> dict[str, int]:
         """Merge table fragments, refresh the indexes, repack git.
 
         Makes a commit only when pending access counts were folded in: the
-        table is not in git, so compacting it changes no history. With
-        ``prune`` (``memos compact``) unreachable git objects are deleted now,
-        under the lock; without it (the scheduler) git repacks after the lock
-        is released and keeps recent loose objects, as ``git gc`` does, which
-        is safe beside other writers' commits and keeps them from waiting.
+        table is not in git, so compacting it changes no history. The merged
+        files are written before the lock is taken and committed under it,
+        and the indexes are refreshed after it, as in ``upkeep`` (whose lock
+        this holds throughout). With ``prune`` (``memos compact``) unreachable
+        git objects are deleted now, under the lock; without it (the
+        scheduler) git repacks after the lock is released and keeps recent
+        loose objects, as ``git gc`` does, which is safe beside other writers'
+        commits and keeps them from waiting.
         """
         before = self.sizes()
-        with self.transaction("compact", cube="*") as txn:
-            fragments = self.table.fragments()
-            if self.table.exists():
-                self.table.compact()
-                self.table.ensure_fts_index(force=True)
-            txn.summary = f"{self.table.count()} units, {fragments} table fragments -> {self.table.fragments()}"
-            if prune:
-                txn.after_commit.append(self.repo.gc)
+        table = self.table
+        with table.exclusive(self._lock_for().timeout):
+            fragments = table.fragments()
+            plan = table.compaction_plan()
+            results = table.rewrite(plan) if plan is not None else []
+            with self.transaction("compact", cube="*") as txn:
+                txn.skip_upkeep = True  # done here, with the upkeep lock held
+                table.commit_rewrite(results)  # not when a write changed those rows since: left to the next
+                txn.summary = f"{table.count()} units, {fragments} table fragments -> {table.fragments()}"
+                if prune:
+                    txn.after_commit.append(self.repo.gc)
+            table.fold_indexes(force=True)
+            # Files no version names (a write or upkeep cut off) go too: they may hold text.
+            self._with_lock(self._lock_for().timeout, lambda: table.cleanup(unverified=True))
         if not prune:
             self.repo.gc(prune=False)
         after = self.sizes()

@@ -106,19 +106,16 @@ def _write(store: MemoryStore, units: list[MemoryUnit], removed: list[str], prog
     if units:
         table.upsert(units)
     table.delete(removed)
-    if table.exists():
-        table.ensure_fts_index()
-        table.maintain()
-        table.cleanup()
+    table.cleanup()  # the table's upkeep (merges, indexes) follows the lock: MemoryStore.upkeep
 
 
 def rebuild(store: MemoryStore, units: list[MemoryUnit], progress: Progress | None = None) -> None:
-    """Make the table anew from these units (reusing the vectors the old one has)."""
+    """Make the table anew from these units (reusing the vectors the old one has), with its indexes."""
     attach_vectors(store, units, progress)
     table = store.table
-    table.drop()
-    if units:
-        table.add(units)
-        table.ensure_fts_index()
-        table.maintain()
-        table.cleanup()
+    with table.exclusive():
+        table.drop()
+        if units:
+            table.add(units)
+            table.fold_indexes()
+            table.cleanup(unverified=True)

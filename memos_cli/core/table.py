@@ -20,7 +20,8 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,6 +33,7 @@ import lance  # noqa: E402
 import pyarrow as pa  # noqa: E402
 from lance.dataset import ColumnOrdering  # noqa: E402
 
+from .lock import StoreLock  # noqa: E402
 from .terms import index_terms  # noqa: E402
 from .units import MemoryUnit  # noqa: E402
 
@@ -50,11 +52,15 @@ T = TypeVar("T")
 READ_RETRIES = 5  # a read that lost a race with a writer's cleanup tries the newer version
 FANOUT = 16  # fragments of one size level merged together
 FTS_MAX_SEGMENTS = 4  # full-text index delta segments before they are merged
+UPKEEP_LOCK = "upkeep.lock"  # in tables/: see UnitTable.upkeep_lock
+UPKEEP_LOCK_WAIT = 1.0  # seconds an upkeep waits for the store's lock to commit a merge, else leaves it
+EXCLUSIVE_WAIT = 120.0  # seconds a drop waits for an upkeep at work (folding 100k rows anew takes a few)
+_UPKEEP_HELD: set[str] = set()  # the upkeep locks this process holds
 # Vector index: below this many rows a flat scan is exact and fast enough
 # (about 6 ms at 20k rows on 2 cores). Above, IVF_SQ (int8 vectors in about
 # n/400 partitions, 24 probed): at 100k units 4.9 ms a search against 65 ms
 # flat, with 99.5% of the exact top 50. IVF_FLAT gave the exact top 50 in
-# 11 ms, with an index four times the size; the index is committed to git.
+# 11 ms, with an index four times the size.
 VECTOR_INDEX = "vector_idx"
 VECTOR_INDEX_TYPE = "IVF_SQ"
 VECTOR_INDEX_MIN_ROWS = 25_000
@@ -182,21 +188,26 @@ class UnitTable:
         (self.dir / MARKER).unlink(missing_ok=True)
 
     def restore(self, version: int | None) -> None:
-        """Put the table back to an earlier version (None: the table did not exist)."""
+        """Put the table back to an earlier version (None: the table did not exist).
+
+        An upkeep may have committed a merge or an index since: they change no row, and Lance refuses
+        any still under way after a restore."""
         if not self.exists() or self.version == version:
             return
         if version is None:
-            self.drop()
+            with self.exclusive():
+                self.drop()
             return
         try:
             lance.dataset(str(self.path), version=version).restore()
         except (OSError, ValueError, pa.ArrowInvalid):
-            self.drop()  # that version is gone: the next command rebuilds the table from the files
+            with self.exclusive():
+                self.drop()  # that version is gone: the next command rebuilds the table from the files
             return
         self._changed()
 
     def drop(self) -> None:
-        """Remove the table; it is rebuilt from the unit files."""
+        """Remove the table; it is rebuilt from the unit files. The caller holds ``exclusive``."""
         import shutil
 
         self.unmark()
@@ -330,46 +341,141 @@ class UnitTable:
             return 0
         return len(self.ds.get_fragments())
 
-    def maintain(self, indexes: bool = True) -> None:
-        """After a write: bound the fragment count and keep one table version on disk.
+    # ---- upkeep (``MemoryStore.upkeep`` runs it after a write, outside the store's lock) ----------
 
-        Every write appends a fragment, and the manifest (rewritten, and
-        committed to git, at each write) lists them all, so many small writes
-        would make each write slower and each commit bigger. Size-tiered
-        compaction, as in an LSM tree, keeps them few: a fragment's level is
-        ``floor(log_FANOUT(rows))``, and once ``FANOUT`` fragments share a
-        level they are merged into one of the next level, leaving every other
-        fragment untouched. A row is thus rewritten once per level
-        (log_16 of the table size: 3 times by 10k rows), never again in
-        between, and both add latency and history growth per unit stay flat.
-        The vector index is kept current too, unless not ``indexes``.
+    def upkeep_lock(self, timeout: float = 0.0) -> StoreLock:
+        """Held by whoever keeps the table up (``MemoryStore.upkeep``), and by what must not run beside
+        it: dropping the table (``exclusive``), and a cleanup of files that no version names
+        (``cleanup(unverified=True)``)."""
+        return StoreLock(self.dir / UPKEEP_LOCK, timeout)
+
+    @contextmanager
+    def exclusive(self, timeout: float | None = EXCLUSIVE_WAIT) -> Iterator[bool]:
+        """Hold ``upkeep_lock``; yields whether it is held (``timeout`` None: not waiting at all).
+
+        What replaces the table (a drop and rebuild, under the store's lock) holds it: it waits for an
+        upkeep at work to finish, and keeps the next from starting. An upkeep waits for the store's lock
+        only ``UPKEEP_LOCK_WAIT``, so the two never wait for each other long. Held again by the process
+        that holds it (flock is per open file, not per process), it is held already.
         """
-        ds = self.ds
-        for _ in range(8):  # a merge can fill the next level; 16^8 rows is far away
-            # Lance merges only fragments that the same index segments cover, so
-            # fragments are grouped by that coverage as well as by level.
-            segments = [(seg.uuid, seg.fragment_ids) for index in ds.describe_indices() for seg in index.segments]
-            groups: dict[tuple[frozenset[str], int], list[int]] = {}
-            for frag in ds.get_fragments():
-                fid, rows = frag.fragment_id, max(1, frag.metadata.physical_rows)
-                covered = frozenset(uuid for uuid, fids in segments if fid in fids)
-                groups.setdefault((covered, int(math.log(rows, FANOUT) + 1e-9)), []).append(fid)
-            full = sorted((key for key, ids in groups.items() if len(ids) >= FANOUT), key=lambda k: k[1])
-            if not full:
-                break
-            merge = set(groups[full[0]])
-            others = [fid for ids in groups.values() for fid in ids if fid not in merge]
-            ds.optimize.compact_files(target_rows_per_fragment=1 << 30, excluded_fragment_ids=others,
-                                      materialize_deletions_threshold=0.3)
-            ds = self.ds
-        if indexes:
-            self._index_vectors()
-        self._changed()
+        key = str(self.dir / UPKEEP_LOCK)
+        if key in _UPKEEP_HELD:
+            yield True
+            return
+        lock = self.upkeep_lock(timeout or 0.0)
+        try:
+            held = lock.acquire(blocking=timeout is not None)
+        except OSError:
+            if timeout is not None:
+                raise
+            held = False  # a store we may read but not write
+        if not held:
+            yield False
+            return
+        _UPKEEP_HELD.add(key)
+        try:
+            yield True
+        finally:
+            _UPKEEP_HELD.discard(key)
+            lock.release()
 
-    def cleanup(self) -> None:
-        """Drop every version but the latest (kept until the write committed, to undo it)."""
+    def merge_plan(self) -> Any | None:
+        """The next fragment merge, planned (``lance.optimize.CompactionPlan``), or None.
+
+        Every write appends a fragment, and a table of many small fragments is slow to search and to
+        write to. Size-tiered compaction, as in an LSM tree, keeps them few: a fragment's level is
+        ``floor(log_FANOUT(rows))``, and once ``FANOUT`` fragments share a level they are merged into
+        one of the next level, leaving every other fragment untouched. A row is thus rewritten once per
+        level (log_16 of the table size: 3 times by 10k rows), never again in between.
+        """
+        from lance.optimize import Compaction
+
+        if not self.exists():
+            return None
+        ds = self.ds
+        # Lance merges only fragments that the same index segments cover, so fragments are grouped by
+        # that coverage as well as by level.
+        segments = [(seg.uuid, seg.fragment_ids) for index in ds.describe_indices() for seg in index.segments]
+        groups: dict[tuple[frozenset[str], int], list[int]] = {}
+        for frag in ds.get_fragments():
+            fid, rows = frag.fragment_id, max(1, frag.metadata.physical_rows)
+            covered = frozenset(uuid for uuid, fids in segments if fid in fids)
+            groups.setdefault((covered, int(math.log(rows, FANOUT) + 1e-9)), []).append(fid)
+        full = sorted((key for key, ids in groups.items() if len(ids) >= FANOUT), key=lambda k: k[1])
+        if not full:
+            return None
+        merge = set(groups[full[0]])
+        others = [fid for ids in groups.values() for fid in ids if fid not in merge]
+        plan = Compaction.plan(ds, {"target_rows_per_fragment": 1 << 30, "materialize_deletions_threshold": 0.3,
+                                    "excluded_fragment_ids": others})
+        return plan if plan.num_tasks() else None
+
+    def compaction_plan(self) -> Any | None:
+        """All fragments merged into fragments of up to 1M rows, deleted rows dropped; or None."""
+        from lance.optimize import Compaction
+
+        if not self.exists():
+            return None
+        plan = Compaction.plan(self.ds, {})
+        return plan if plan.num_tasks() else None
+
+    def rewrite(self, plan: Any) -> list[Any]:
+        """The slow part of a merge: write the merged fragments' files. Commits nothing, so it needs no
+        store lock; ``commit_rewrite``, under it, makes them the table's."""
+        ds = lance.dataset(str(self.path), version=plan.read_version)
+        return [task.execute(ds) for task in plan.tasks]
+
+    def commit_rewrite(self, results: list[Any]) -> bool:
+        """Under the store's lock: make rewritten fragments the table's; whether they are.
+
+        They are not when a write since changed the rows they were made from (Lance refuses the
+        commit), or when a cleanup took their files as unreferenced; their files are removed then."""
+        from lance.commit import CommitConflictError
+        from lance.optimize import Compaction
+
+        if not results:
+            return False
+        if all(path.is_file() for path in self._new_files(results)):
+            try:
+                Compaction.commit(self.ds, results)
+            except (CommitConflictError, OSError, ValueError, RuntimeError):
+                pass  # a write since touched those fragments (a "retryable conflict" to Lance)
+            else:
+                self._changed()
+                return True
+        self.discard(results)
+        return False
+
+    def discard(self, results: list[Any]) -> None:
+        """Remove the files of rewritten fragments that were not committed (no version names them)."""
+        for path in self._new_files(results):
+            path.unlink(missing_ok=True)
+
+    def _new_files(self, results: list[Any]) -> list[Path]:
+        return [self.path / "data" / f.path for r in results for frag in r.new_fragments for f in frag.files]
+
+    def fold_indexes(self, force: bool = False) -> bool:
+        """Fold new rows into the full-text and vector indexes; whether a new version was committed.
+
+        Needs no store lock: Lance commits an index by itself, and what a writer may commit meanwhile
+        (appends, updates, deletes) is compatible with it (rows an index does not cover are searched
+        by a flat scan, deleted ones filtered out). What is not (a restore, a rewrite of the fragments
+        it covers) makes Lance refuse it, and the next upkeep folds those rows again."""
+        if not self.exists():
+            return False
+        before = self.version
+        self.ensure_fts_index(force=force)
+        self._index_vectors()
+        self._changed()
+        return self.version != before
+
+    def cleanup(self, unverified: bool = False) -> None:
+        """Drop every version but the latest (kept until the write committed, to undo it).
+
+        ``unverified``: also files that no version names, however new (left by a write or merge cut
+        off). Those may be an upkeep's, not yet committed, so only a holder of ``upkeep_lock`` may."""
         if self.exists():
-            self.ds.cleanup_old_versions(older_than=timedelta(0), delete_unverified=True)
+            self.ds.cleanup_old_versions(older_than=timedelta(0), delete_unverified=unverified)
             self._changed()
 
     def _index_vectors(self) -> None:
@@ -391,13 +497,3 @@ class UnitTable:
                             name=VECTOR_INDEX, replace=True)
         elif rows - indexed > max(5000, indexed // 10):
             ds.optimize.optimize_indices(index_names=[VECTOR_INDEX])
-
-    def compact(self) -> None:
-        """Merge all fragments, fold new rows into the indexes, drop old versions."""
-        ds = self.ds
-        ds.optimize.compact_files()  # into fragments of up to 1M rows, deleted rows dropped
-        ds = self.ds
-        ds.optimize.optimize_indices()  # the rows the compaction moved, and new ones, into the indexes
-        self.cleanup()  # we hold the store's lock: no other writer exists
-        self._index_vectors()
-        self._changed()
