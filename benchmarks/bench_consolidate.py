@@ -159,14 +159,14 @@ ROUTINE_ADDS = ("The boiler service is booked for Tuesday at 9am.",
 
 
 def routine(root: Path, truth: set[tuple[str, str]], with_writer: bool) -> None:
-    """Four single adds, one a repeat of an old unit that no planted pair involves, then a run (beside a
-    writer, ``with_writer``: its processes take CPU from the run, so the run's own time is measured
-    without one)."""
+    """Four single adds, one a repeat of an old unit of the default cube (not a writer's note) that no
+    planted pair involves, then a run (beside a writer, ``with_writer``: its processes take CPU from the
+    run, so the run's own time is measured without one)."""
     import lance
 
     involved = {i for pair in truth for i in pair}
     rows = lance.dataset(str(root / "tables" / "units.lance")).to_table(
-        columns=["id", "text"], filter="status = 'active'", limit=2000).to_pylist()
+        columns=["id", "text"], filter="status = 'active' AND cube = 'default'", limit=2000).to_pylist()
     old = next(r for r in rows if r["id"] not in involved)
     texts = [*ROUTINE_ADDS[:2], f"Note: {old['text']}", ROUTINE_ADDS[2]]
     added, walls = [], []

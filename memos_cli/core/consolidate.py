@@ -1162,6 +1162,9 @@ def _apply(store: MemoryStore, report: Report, snaps: dict[str, Snapshot]) -> No
         held.append((sum(len(a.units) for a in batch),
                      _apply_slice(store, report, batch, planned, new_units, run, part)))
         if slices:
+            # Each slice (and each writer's add meanwhile) appends fragments; merged as after any write,
+            # or every write would slow down. The indexes wait for the run's end.
+            store.upkeep(from_run=True, fold=False)
             time.sleep(SLICE_PAUSE)  # writers polling for the lock (every lock.MAX_POLL at most) get in
 
 
@@ -1229,7 +1232,7 @@ def _apply_slice(store: MemoryStore, report: Report, edits: list[Action], planne
     held_since = 0.0
     with store.transaction("consolidate", cube=cube_names) as txn:
         held_since = time.perf_counter()
-        txn.skip_upkeep = True  # the run compacts the table at its end, or keeps it up (store.upkeep)
+        txn.skip_upkeep = True  # _apply merges fragments between slices; the run's end does the rest
         involved = sorted({i for a in edits for i in a.units})
         current = {u.id: u for u in store._units_by_id(involved)}
         changed: dict[str, MemoryUnit] = {}

@@ -886,7 +886,7 @@ class MemoryStore:
             if progress:
                 progress(done, total)
 
-    def upkeep(self, *, from_run: bool = False) -> None:
+    def upkeep(self, *, from_run: bool = False, fold: bool = True) -> None:
         """After a write, outside the store's lock: keep the table quick to search and to write to.
 
         Merges fragments (``UnitTable.merge_plan``) and folds new rows into the full-text and vector
@@ -897,14 +897,15 @@ class MemoryStore:
         (``UnitTable.upkeep_lock``; a writer that finds one at work leaves it); it changes no row, so
         it needs no journal, and a kill leaves at worst files no version names, which
         ``memos compact`` removes. Best effort: the write is done whatever happens here. Left while a
-        consolidate run is under way, unless the run itself asks (``from_run``).
+        consolidate run is under way, unless the run itself asks (``from_run``); ``fold``: the indexes
+        too (a run's slices merge fragments only, and leave the indexes to the run's end).
         """
         table = self.table
         if not table.exists() or (not from_run and self._run_going()):
             return
         with table.exclusive(None) as held:
             if held:
-                self._upkeep(table)
+                self._upkeep(table, fold)
 
     @property
     def run_lock_path(self) -> Path:
@@ -926,7 +927,7 @@ class MemoryStore:
             os.close(fd)  # and the probe's lock with it
         return False
 
-    def _upkeep(self, table: UnitTable) -> None:
+    def _upkeep(self, table: UnitTable, fold: bool) -> None:
         from .table import UPKEEP_LOCK_WAIT
 
         def commit(results: list[Any]) -> bool:
@@ -944,7 +945,7 @@ class MemoryStore:
                 if not self._with_lock(UPKEEP_LOCK_WAIT, lambda r=results: commit(r)):
                     table.discard(results)  # a no-op when commit_rewrite removed them already
                     break
-            if table.fold_indexes():
+            if fold and table.fold_indexes():
                 self._with_lock(UPKEEP_LOCK_WAIT, table.cleanup)
         except (OSError, ValueError, RuntimeError) as exc:  # Lance's errors; the next write's upkeep retries
             if "not found" not in str(exc).lower():  # not a file a writer's cleanup took meanwhile
