@@ -37,7 +37,7 @@ def main() -> None:
     ap.add_argument("--probe", type=int, default=200, help="single adds timed at each size")
     ap.add_argument("--big-store", help="an existing store of about --big units to copy")
     args = ap.parse_args()
-    from memos_cli.core.store import MemoryStore
+    from memos_cli.store.store import MemoryStore
 
     tmp = Path(tempfile.mkdtemp(prefix="memos-bench-add-"))
     try:

@@ -49,9 +49,9 @@ def build(root: Path, source: Path, n: int, share: float) -> tuple[set[tuple[str
     """The store, and the planted (original, duplicate) pairs."""
     import lance
 
-    from memos_cli.core.store import MemoryStore
-    from memos_cli.core.units import build_unit
     from memos_cli.models.embedder import default_embedder
+    from memos_cli.plaintext.units import build_unit
+    from memos_cli.store.store import MemoryStore
 
     n_orig = int(n * (1 - share))
     n_dup = n - n_orig

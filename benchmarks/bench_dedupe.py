@@ -55,8 +55,8 @@ def main() -> None:
 
     import lance
 
-    from memos_cli.core.dedupe import SIMILARITY, TEXT_SIMILARITY, find_duplicates
     from memos_cli.models.embedder import default_embedder
+    from memos_cli.scheduler.dedupe import SIMILARITY, TEXT_SIMILARITY, find_duplicates
 
     table = lance.dataset(str(Path(args.store) / "tables" / "units.lance")).to_table(columns=["id", "text", "vector"])
     n_orig = int(args.n * (1 - args.share))

@@ -41,7 +41,7 @@ def main() -> None:
     ap.add_argument("--keep", help="build the store here and keep it")
     args = ap.parse_args()
 
-    from memos_cli.core.store import MemoryStore
+    from memos_cli.store.store import MemoryStore
 
     tmp = None
     if args.keep:

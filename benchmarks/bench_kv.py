@@ -36,10 +36,10 @@ QUESTION = "What did Alice do in Lisbon?"
 
 
 def build_store(root: Path, sizes: list[int]) -> None:
-    from memos_cli.core.prompt import INSTRUCTIONS, memory_line
-    from memos_cli.core.store import MemoryStore
-    from memos_cli.core.units import build_unit
+    from memos_cli.activation.prompt import INSTRUCTIONS, memory_line
     from memos_cli.models.generator import load_generator
+    from memos_cli.plaintext.units import build_unit
+    from memos_cli.store.store import MemoryStore
 
     store = MemoryStore(root)
     generator = load_generator(None)
@@ -62,9 +62,9 @@ def memos(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def warm(root: Path, sizes: list[int], repeat: int) -> dict[int, dict[str, float]]:
-    from memos_cli.core.chat import ChatOptions, ChatSession
-    from memos_cli.core.store import MemoryStore
+    from memos_cli.chat.session import ChatOptions, ChatSession
     from memos_cli.models.generator import load_generator
+    from memos_cli.store.store import MemoryStore
 
     store = MemoryStore(root)
     generator = load_generator(None)
@@ -129,10 +129,10 @@ def main() -> None:
         data["wall"] = time.perf_counter() - started
         builds[size] = data
 
-    from memos_cli.core.activation import kv_dir
-    from memos_cli.core.store import MemoryStore
     from memos_cli.models import kvcache
     from memos_cli.models.generator import load_generator
+    from memos_cli.store.caches import kv_dir
+    from memos_cli.store.store import MemoryStore
 
     print(f"{'block':>6} {'tokens':>7} {'cache':>9} {'B/token':>8} {'build':>7} {'write MB/s':>10} "
           f"{'read+verify MB/s':>16} {'restore MB/s':>12}")

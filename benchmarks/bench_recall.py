@@ -39,7 +39,7 @@ def session_time(i: int) -> str:
 
 
 def build(root: Path, n: int) -> None:
-    from memos_cli.core.store import MemoryStore
+    from memos_cli.store.store import MemoryStore
 
     store = MemoryStore(root)
     texts = sentences(n)
@@ -56,7 +56,7 @@ def build(root: Path, n: int) -> None:
 
 
 def measure(root: Path, n_queries: int) -> None:
-    from memos_cli.core.store import MemoryStore
+    from memos_cli.store.store import MemoryStore
 
     store = MemoryStore(root)
     store.recall("warm up", 10)
@@ -96,7 +96,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="memos-bench-recall-"))
     root = Path(args.keep) if args.keep else tmp / "store"
     try:
-        from memos_cli.core.store import MemoryStore
+        from memos_cli.store.store import MemoryStore
 
         if not (root / "memos.toml").exists():
             build(root, args.n)

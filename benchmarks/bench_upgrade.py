@@ -40,7 +40,7 @@ def git(root: Path, *args: str) -> str:
 
 
 def set_schema(root: Path, version: int) -> None:
-    from memos_cli.core.config import SCHEMA_VERSION
+    from memos_cli.store.config import SCHEMA_VERSION
 
     cfg = root / "memos.toml"
     text = cfg.read_text()
@@ -49,7 +49,7 @@ def set_schema(root: Path, version: int) -> None:
 
 
 def make_schema_2(root: Path) -> None:
-    from memos_cli.core.table import MARKER
+    from memos_cli.plaintext.table import MARKER
 
     set_schema(root, 2)
     git(root, "commit", "-qam", "schema 2")
@@ -59,7 +59,7 @@ def make_schema_2(root: Path) -> None:
 
 
 def make_schema_1(root: Path) -> None:
-    from memos_cli.core.table import MARKER
+    from memos_cli.plaintext.table import MARKER
 
     git(root, "rm", "-r", "-q", "--cached", "units", ".gitignore")
     shutil.rmtree(root / "units")
@@ -82,8 +82,8 @@ def stats(root: Path) -> tuple[float, str]:
 
 
 def check_source(source: Path) -> int:
-    from memos_cli.core.store import MemoryStore
-    from memos_cli.core.sync import is_current
+    from memos_cli.store.follow import is_current
+    from memos_cli.store.store import MemoryStore
 
     if not (source / "memos.toml").is_file():
         sys.exit(f"{source} is not a store; build one with: python benchmarks/bench_recall.py --keep {source}")

@@ -13,7 +13,7 @@ the CLI, each add its own process as a script would run it:
 
 To compare with an older checkout, run it with `--code DIR` (a worktree of
 that commit): its processes import memos from DIR. The trace needs the lock
-of this checkout: copy memos_cli/core/lock.py into DIR first.
+of this checkout: copy memos_cli/lock.py into DIR first.
 
 Usage: python benchmarks/bench_writers.py [--n 10000] [--serial 40] [--procs 8] [--adds 25]
                                           [--store DIR] [--keep DIR] [--code DIR]
@@ -49,7 +49,7 @@ for i in range(n):
 
 
 def build(root: Path, n: int) -> None:
-    from memos_cli.core.store import MemoryStore
+    from memos_cli.store.store import MemoryStore
 
     store = MemoryStore(root)
     texts = sentences(n)
@@ -69,7 +69,7 @@ def held(records: list[dict]) -> str:
     write, and for the commit of a fragment merge its upkeep made after it)."""
     values = [r["held"] * 1000 for r in records if r["lock"] == "lock"]
     if not values:
-        return "no trace (is memos_cli/core/lock.py of this checkout in --code?)"
+        return "no trace (is memos_cli/lock.py of this checkout in --code?)"
     per_add: dict[int, float] = {}
     for r in records:
         if r["lock"] == "lock":

@@ -35,7 +35,7 @@ def embedder():
 
 @pytest.fixture
 def store(tmp_path: Path, embedder):
-    from memos_cli.core.store import MemoryStore
+    from memos_cli.store.store import MemoryStore
 
     s = MemoryStore(tmp_path / "store", embedder=embedder)
     s.init()

@@ -30,7 +30,7 @@ Q = "Where does Alice live?"
 @pytest.fixture(scope="module")
 def chat_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Built once: three pinned memories, two others, and a kv cache of the pinned ones."""
-    from memos_cli.core.store import MemoryStore
+    from memos_cli.store.store import MemoryStore
 
     root = tmp_path_factory.mktemp("chat") / "store"
     store = MemoryStore(root)
@@ -239,9 +239,9 @@ def test_ctrl_c_during_an_answer_saves_nothing(chat_store: Path) -> None:
 
 
 def test_an_interrupted_turn_keeps_the_turns_saved_before_it(chat_store: Path) -> None:
-    from memos_cli.core.chat import ChatOptions, ChatSession
-    from memos_cli.core.store import MemoryStore
+    from memos_cli.chat.session import ChatOptions, ChatSession
     from memos_cli.models.generator import load_generator
+    from memos_cli.store.store import MemoryStore
 
     store = MemoryStore(chat_store)
     before = commit_count(chat_store)
@@ -300,11 +300,11 @@ def test_an_interactive_session_on_a_terminal(chat_store: Path) -> None:
 
 
 def test_a_block_grown_at_its_end_keeps_the_saved_state_and_answers_as_a_full_prefill(chat_store: Path) -> None:
-    from memos_cli.core import activation
-    from memos_cli.core.prompt import head_text
-    from memos_cli.core.store import MemoryStore
+    from memos_cli import activation
+    from memos_cli.activation.prompt import head_text
     from memos_cli.models import kvcache
     from memos_cli.models.generator import load_generator
+    from memos_cli.store.store import MemoryStore
 
     store = MemoryStore(chat_store)
     units = store.list(limit=0)

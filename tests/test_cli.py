@@ -208,7 +208,7 @@ def test_second_writer_gets_a_clear_message(cli, filled):
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
         import sys, time
         from pathlib import Path
-        from memos_cli.core.lock import StoreLock
+        from memos_cli.lock import StoreLock
         StoreLock(Path(sys.argv[1]) / ".git" / "memos" / "lock").acquire()
         print("locked", flush=True)
         time.sleep(60)

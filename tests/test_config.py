@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from memos_cli.core.config import CONFIG_NAME, SCHEMA_VERSION, StoreConfig, all_keys
-from memos_cli.core.errors import LockedError, StoreError, UsageError
-from memos_cli.core.heat import HeatWeights
-from memos_cli.core.lock import StoreLock
-from memos_cli.core.policy import ConsolidatePolicy, policy_keys
-from memos_cli.core.store import MemoryStore
+from memos_cli.errors import LockedError, StoreError, UsageError
+from memos_cli.lock import StoreLock
+from memos_cli.plaintext.heat import HeatWeights
+from memos_cli.store.config import CONFIG_NAME, SCHEMA_VERSION, StoreConfig, all_keys
+from memos_cli.store.policy import ConsolidatePolicy, policy_keys
+from memos_cli.store.store import MemoryStore
 
 from .conftest import assert_clean_failure, commit_count, git, head
 
@@ -26,7 +26,7 @@ def test_policy_defaults() -> None:
     assert (p.superseded.enabled, p.superseded.similarity) == (True, 0.68)
     assert p.superseded.kinds == ("fact", "preference") and p.superseded.judge == "rules"
     assert (p.expiry.enabled, p.expiry.action) == (True, "archive")
-    assert p.heat.weights == HeatWeights()  # the same defaults as core.heat
+    assert p.heat.weights == HeatWeights()  # the same defaults as plaintext.heat
     assert (p.heat.activation_top, p.heat.cold_after_days) == (20, 90.0)
     assert (p.episodes.summarise, p.episodes.older_than_days, p.episodes.min_episodes) == (False, 30.0, 5)
     assert p.compaction.enabled is True

@@ -12,9 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from memos_cli.core.consolidate import ModelSlot, Planner, Report, _apply, consolidate, snapshot
-from memos_cli.core.lock import StoreLock
-from memos_cli.core.units import utcnow
+from memos_cli.lock import StoreLock
+from memos_cli.plaintext.units import utcnow
+from memos_cli.scheduler.apply import apply_plan
+from memos_cli.scheduler.model import ModelSlot
+from memos_cli.scheduler.plan import Planner
+from memos_cli.scheduler.report import Report
+from memos_cli.scheduler.run import consolidate
+from memos_cli.scheduler.scope import snapshot
 
 from .conftest import assert_clean_failure, commit_count, git, head
 
@@ -113,7 +118,7 @@ def test_a_newer_fact_closes_the_older_one_and_recall_prefers_it(store) -> None:
 
 
 def test_heat_promotes_the_hottest_into_activation_memory_and_rebuilds_only_when_the_set_changes(store) -> None:
-    from memos_cli.core import activation
+    from memos_cli import activation
 
     configure(store, ("consolidate.heat.activation_top", 2))
     pinned = store.add("The family dog is called Biscuit.", pinned=True)
@@ -150,7 +155,7 @@ def test_heat_promotes_the_hottest_into_activation_memory_and_rebuilds_only_when
     assert set(moved["demote"]) == {units[1].id, units[2].id} and moved["promote"] == [units[0].id]
     assert [s["id"] for s in activation.records(store, "default")[0].sources] == [pinned.id, units[0].id, units[3].id]
 
-    from memos_cli.core.chat import ChatOptions, ChatSession
+    from memos_cli.chat.session import ChatOptions, ChatSession
     from memos_cli.models.generator import load_generator
 
     with load_generator(None) as gen:  # chat loads the heat block (it holds the pinned memories too)
@@ -159,8 +164,8 @@ def test_heat_promotes_the_hottest_into_activation_memory_and_rebuilds_only_when
 
 
 def test_cold_units_are_demoted(store) -> None:
-    from memos_cli.core.activation import heat_selection
-    from memos_cli.core.policy import HeatPolicy
+    from memos_cli.activation.blocks import heat_selection
+    from memos_cli.store.policy import HeatPolicy
 
     now = utcnow()
     fresh, old = store.add("fresh"), store.add("old")
@@ -186,7 +191,7 @@ def test_an_action_whose_units_changed_after_planning_is_skipped_and_the_rest_ap
     assert len(report.actions) == 2
     store.edit(b.id, {"tags": ["edited"]})  # another writer, between plan and apply
 
-    _apply(store, report, {"default": snap})
+    apply_plan(store, report, {"default": snap})
     by_survivor = {x.units[0]: x for x in report.actions}
     assert by_survivor[a.id].status == "skipped" and b.id in by_survivor[a.id].note
     assert by_survivor[c.id].status == "done"

@@ -8,8 +8,10 @@ import random
 
 import pytest
 
-from memos_cli.core.consolidate import FULL_MIN_CHANGED, STATE_FILE, VERDICTS_FILE, consolidate
-from memos_cli.core.units import utcnow
+from memos_cli.plaintext.units import utcnow
+from memos_cli.scheduler.model import VERDICTS_FILE
+from memos_cli.scheduler.run import consolidate
+from memos_cli.scheduler.scope import FULL_MIN_CHANGED, STATE_FILE
 
 from .conftest import commit_count, git
 
@@ -133,9 +135,9 @@ def test_access_counts_and_pins_are_not_changes_but_a_skipped_action_is_looked_a
 
 
 def test_the_heat_block_read_from_a_few_columns_is_the_one_from_every_unit(store) -> None:
-    from memos_cli.core.activation import heat_selection, hot_units
-    from memos_cli.core.policy import HeatPolicy
-    from memos_cli.core.retrieval import Filters
+    from memos_cli.activation.blocks import heat_selection, hot_units
+    from memos_cli.plaintext.retrieval import Filters
+    from memos_cli.store.policy import HeatPolicy
 
     import_records(store, filler(60))  # one import: the same created_at, so heat ties, broken by id
     import_records(store, [{"text": f"Pinned note {i}.", "pinned": True} for i in range(2)]
@@ -158,7 +160,10 @@ def test_groups_found_by_two_dedupe_passes_make_one_merge_never_a_chain(store) -
     # Above dedupe.EXACT_MAX units the passes are approximate: at 100k, one pass found two planted
     # repeats of a fact as a pair (d2 into d1) and a later pass the original with the first (d1 into
     # s). As two merges, the second found d1 archived by the first and was skipped.
-    from memos_cli.core.consolidate import ModelSlot, Planner, Report, snapshot
+    from memos_cli.scheduler.model import ModelSlot
+    from memos_cli.scheduler.plan import Planner
+    from memos_cli.scheduler.report import Report
+    from memos_cli.scheduler.scope import snapshot
 
     s = store.add("Wen moved to Lisbon for work in 2021.")
     d1 = store.add("wen moved to lisbon for work in 2021")
@@ -175,7 +180,7 @@ def test_groups_found_by_two_dedupe_passes_make_one_merge_never_a_chain(store) -
 
 @pytest.mark.slow
 def test_a_routine_run_with_a_merge_rebuilds_the_heat_block_from_the_memory_after_it(store) -> None:
-    from memos_cli.core import activation
+    from memos_cli import activation
 
     configure(store, ("consolidate.heat.activation_top", 2))
     dog = store.add("The family dog is called Biscuit.")

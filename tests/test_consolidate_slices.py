@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from memos_cli.core import consolidate as sched
-from memos_cli.core.consolidate import consolidate
+from memos_cli.scheduler import apply as sched
+from memos_cli.scheduler.run import consolidate
 
 from .conftest import commit_count, git, head
 

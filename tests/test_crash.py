@@ -4,7 +4,7 @@
 version of ``benchmarks/bench_crash.py`` (whose ``CrashRig`` runs the imports,
 the kills and the checks (a)-(e) described there). `edit`, `forget`, `pin`,
 `rollback` and `config set` are killed at named points of their transaction
-(``MEMOS_TEST_KILL_AT``, see ``memos_cli.core.killpoint``): after writing their
+(``MEMOS_TEST_KILL_AT``, see ``memos_cli.store.killpoint``): after writing their
 files, before the commit, and right after it. A killed `purge` is in
 ``test_purge.py``.
 """
@@ -23,10 +23,10 @@ from typing import Any
 
 import pytest
 
-from memos_cli.core import files
-from memos_cli.core.config import StoreConfig
-from memos_cli.core.killpoint import ENV as KILL_AT
-from memos_cli.core.store import MemoryStore
+from memos_cli.plaintext import files
+from memos_cli.store.config import StoreConfig
+from memos_cli.store.killpoint import ENV as KILL_AT
+from memos_cli.store.store import MemoryStore
 
 from .conftest import Runner, commit_count, git, head
 

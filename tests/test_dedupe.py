@@ -1,11 +1,11 @@
-"""Duplicate detection (core/dedupe.py) on small hand-made cases, with real embeddings."""
+"""Duplicate detection (scheduler/dedupe.py) on small hand-made cases, with real embeddings."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from memos_cli.core.dedupe import distinguishing, find_duplicates, normalise, texts_agree
+from memos_cli.scheduler.dedupe import distinguishing, find_duplicates, normalise, texts_agree
 
 
 def test_normalise_sets_case_space_and_punctuation_aside() -> None:

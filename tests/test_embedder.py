@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from memos_cli.core.errors import ModelError
+from memos_cli.errors import ModelError
 from memos_cli.models import registry
 from memos_cli.models.embedder import Embedder
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from memos_cli.core.lock import StoreLock
+from memos_cli.lock import StoreLock
 
 from .conftest import assert_clean_failure, git, head
 

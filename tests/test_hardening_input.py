@@ -13,9 +13,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from memos_cli.render import local_time, printable, safe
 
-from memos_cli.core.errors import UsageError
-from memos_cli.core.units import (
+from memos_cli.errors import UsageError
+from memos_cli.plaintext.units import (
     build_unit,
     check_meta,
     check_name,
@@ -25,7 +26,6 @@ from memos_cli.core.units import (
     parse_meta_pairs,
     parse_time,
 )
-from memos_cli.render import local_time, printable, safe
 
 from .conftest import Runner, assert_clean_failure, git, head
 

@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from memos_cli.core import files
-from memos_cli.core.errors import StoreError
-from memos_cli.core.store import MemoryStore
+from memos_cli.errors import StoreError
+from memos_cli.plaintext import files
+from memos_cli.store.store import MemoryStore
 
 from .conftest import assert_clean_failure, git, head
 
@@ -96,7 +96,7 @@ def test_a_failed_write_whose_undo_fails_keeps_its_journal_for_the_next_command(
     assert fresh.recover() is True and "recovered from an interrupted add" in fresh.notices[0]
     assert head(store.root) == before
     assert [u.text for u in fresh.list(limit=0)] == ["first memory"]  # the table too
-    from memos_cli.core.check import check
+    from memos_cli.store.check import check
 
     assert not [p for p in check(fresh).problems if p.area != "privacy"]
 
@@ -117,15 +117,15 @@ def test_a_write_that_damaged_the_index_is_undone(store, embedder, monkeypatch) 
     assert not store._journal.exists()  # the undo rebuilt the index and finished
     assert head(store.root) == before
     assert git(store.root, "status", "--porcelain", "--untracked-files=all") == ""
-    from memos_cli.core.check import check
+    from memos_cli.store.check import check
 
     assert not [p for p in check(MemoryStore(store.root, embedder=embedder)).problems if p.area != "privacy"]
 
 
 LOCK_PROBE = textwrap.dedent("""
     import sys, time
-    from memos_cli.core import lock
-    from memos_cli.core.store import MemoryStore
+    from memos_cli import lock
+    from memos_cli.store.store import MemoryStore
 
     taken = []
     real = lock.StoreLock.acquire

@@ -6,9 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from memos_cli.core.errors import UsageError
-from memos_cli.core.heat import HeatWeights, heat, hottest, last_used, signals
-from memos_cli.core.units import MemoryUnit
+from memos_cli.errors import UsageError
+from memos_cli.plaintext.heat import HeatWeights, heat, hottest, last_used, signals
+from memos_cli.plaintext.units import MemoryUnit
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 

@@ -29,7 +29,7 @@ TEXTS = {
 
 def make_store(root: Path, embedder) -> tuple[Any, dict[str, str]]:
     """An 11-unit store (one import) and its units' ids by name."""
-    from memos_cli.core.store import MemoryStore
+    from memos_cli.store.store import MemoryStore
 
     store = MemoryStore(root, embedder=embedder)
     made = store.import_records(enumerate(({"text": text} for text in TEXTS.values()), 1))
@@ -108,9 +108,9 @@ def test_a_table_of_the_previous_format_is_rebuilt_and_then_finds_cjk(tmp_path: 
     import lancedb
     from lancedb.index import FTS
 
-    from memos_cli.core.retrieval import hybrid_search
-    from memos_cli.core.store import MemoryStore
-    from memos_cli.core.table import FTS_COLUMN, MARKER, TABLE, TABLE_FORMAT
+    from memos_cli.plaintext.retrieval import hybrid_search
+    from memos_cli.plaintext.table import FTS_COLUMN, MARKER, TABLE, TABLE_FORMAT
+    from memos_cli.store.store import MemoryStore
 
     store, units = make_store(tmp_path / "store", embedder)
     table = store.table

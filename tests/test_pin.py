@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from memos_cli.core import check as checking
-from memos_cli.core import files
-from memos_cli.core.errors import NotFoundError, UsageError
-from memos_cli.core.retrieval import Filters
-from memos_cli.core.store import MemoryStore
-from memos_cli.core.table import MARKER, TABLE_FORMAT
+from memos_cli.errors import NotFoundError, UsageError
+from memos_cli.plaintext import files
+from memos_cli.plaintext.retrieval import Filters
+from memos_cli.plaintext.table import MARKER, TABLE_FORMAT
+from memos_cli.store import check as checking
+from memos_cli.store.store import MemoryStore
 
 from .conftest import assert_clean_failure, commit_count, git, head
 

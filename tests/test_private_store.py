@@ -62,7 +62,7 @@ def test_the_store_itself_sets_its_modes_without_the_clis_umask(tmp_path: Path, 
     """Used as a library (no CLI umask), the store still makes its root, unit files, memos.toml,
     .gitignore and git's own files private. (The LanceDB files and .git/memos rely on the
     CLI's umask, inside a root no one else can enter.)"""
-    from memos_cli.core.store import MemoryStore
+    from memos_cli.store.store import MemoryStore
 
     with umask(0o022):
         store = MemoryStore(tmp_path / "lib", embedder=embedder)

@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from memos_cli.core import prompt
-from memos_cli.core.errors import ModelError
-from memos_cli.core.units import MemoryUnit
+from memos_cli.activation import prompt
+from memos_cli.errors import ModelError
 from memos_cli.models.generator import PromptFormat
+from memos_cli.plaintext.units import MemoryUnit
 
 GEMMA_TEMPLATE = (
     "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{% set first = messages[0]['content'] + '\n\n' %}"

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from memos_cli.core import check as checking
-from memos_cli.core import history
-from memos_cli.core.errors import NotFoundError
-from memos_cli.core.killpoint import ENV as KILL_AT
-from memos_cli.core.purge import chat_history_path, purge, purge_mark
-from memos_cli.core.store import MemoryStore
+from memos_cli.errors import NotFoundError
+from memos_cli.store import check as checking
+from memos_cli.store import history
+from memos_cli.store.killpoint import ENV as KILL_AT
+from memos_cli.store.purge import chat_history_path, purge, purge_mark
+from memos_cli.store.store import MemoryStore
 
 from .conftest import assert_clean_failure, commit_count, git, head
 

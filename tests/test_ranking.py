@@ -1,5 +1,5 @@
 """Each ranking signal on small hand-made cases: full-text, vector, their
-fusion, and the context a conversation hit brings (core/retrieval.py)."""
+fusion, and the context a conversation hit brings (plaintext/retrieval.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from memos_cli.core.retrieval import CONTEXT_BOTH, WEIGHT_TEXT, WEIGHT_VECTOR, Hit, _minmax, wants_context
-from memos_cli.core.units import MemoryUnit, parse_time
+from memos_cli.plaintext.retrieval import CONTEXT_BOTH, WEIGHT_TEXT, WEIGHT_VECTOR, Hit, _minmax, wants_context
+from memos_cli.plaintext.units import MemoryUnit, parse_time
 
 T1 = "2023-05-08T13:56:00"
 T2 = "2023-06-01T10:00:00"

@@ -10,10 +10,10 @@ import time
 
 import pytest
 
-from memos_cli.core.errors import LockedError, StoreError, UsageError
-from memos_cli.core.retrieval import Filters
-from memos_cli.core.store import MemoryStore
-from memos_cli.core.units import parse_time
+from memos_cli.errors import LockedError, StoreError, UsageError
+from memos_cli.plaintext.retrieval import Filters
+from memos_cli.plaintext.units import parse_time
+from memos_cli.store.store import MemoryStore
 
 from .conftest import commit_count, git, head
 
@@ -160,7 +160,7 @@ def test_non_store_directory_is_not_taken_over(tmp_path, embedder):
 HOLD_LOCK = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from memos_cli.core.lock import StoreLock
+    from memos_cli.lock import StoreLock
     lock = StoreLock(Path(sys.argv[1]) / ".git" / "memos" / "lock")
     lock.acquire()
     print("locked", flush=True)
@@ -196,8 +196,8 @@ def test_second_writer_gets_in_once_the_first_is_done(store, monkeypatch):
 
 CRASH_MID_WRITE = textwrap.dedent("""
     import os, sys
-    from memos_cli.core.store import MemoryStore
-    from memos_cli.core.units import build_unit
+    from memos_cli.store.store import MemoryStore
+    from memos_cli.plaintext.units import build_unit
     from memos_cli.models.embedder import Embedder
     from memos_cli.models.registry import default_embedding_model_path
     s = MemoryStore(sys.argv[1], embedder=Embedder(default_embedding_model_path()))
@@ -240,7 +240,7 @@ def test_a_failed_write_leaves_the_store_as_it_was(store):
 
 @pytest.mark.slow
 def test_many_single_adds_keep_fragments_few_and_one_version_on_disk(store):
-    from memos_cli.core.table import FANOUT
+    from memos_cli.plaintext.table import FANOUT
 
     for i in range(3 * FANOUT + 5):
         store.add(f"single add number {i}")
@@ -255,7 +255,7 @@ def test_many_single_adds_keep_fragments_few_and_one_version_on_disk(store):
 
 
 def test_vector_index_is_built_and_kept_current(store, monkeypatch):
-    from memos_cli.core import table as table_mod
+    from memos_cli.plaintext import table as table_mod
 
     monkeypatch.setattr(table_mod, "VECTOR_INDEX_MIN_ROWS", 300)
     store.import_records([(i + 1, {"text": f"filler memory number {i} about nothing much"}) for i in range(299)])
@@ -285,7 +285,7 @@ def test_access_counts_are_not_counted_twice_when_a_step_after_the_commit_fails(
 
 WRITE_LOOP = textwrap.dedent("""
     import sys
-    from memos_cli.core.store import MemoryStore
+    from memos_cli.store.store import MemoryStore
     store = MemoryStore(sys.argv[1])
     for i in range(int(sys.argv[2])):
         store.add(f"writer memory {i} about boats and gardens")
@@ -308,7 +308,7 @@ def test_a_reader_keeps_working_while_another_process_writes_and_compacts(store)
 
 RACE_INIT = textwrap.dedent("""
     import sys
-    from memos_cli.core.store import MemoryStore
+    from memos_cli.store.store import MemoryStore
     print(MemoryStore(sys.argv[1]).init())
 """)
 

@@ -1,4 +1,4 @@
-"""Superseded facts (core/supersede.py): the subject rule, the rule judge with real embeddings, the LLM
+"""Superseded facts (scheduler/supersede.py): the subject rule, the rule judge with real embeddings, the LLM
 judge's helpers, and a scale check."""
 
 from __future__ import annotations
@@ -10,16 +10,16 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-from memos_cli.core.supersede import (
+from memos_cli.plaintext.units import MemoryUnit
+from memos_cli.scheduler.subject import subject
+from memos_cli.scheduler.supersede import (
     Supersession,
     candidate_pairs,
     effective_time,
     find_superseded,
     judge_prompt,
     parse_verdict,
-    subject,
 )
-from memos_cli.core.units import MemoryUnit
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 
@@ -127,7 +127,7 @@ def test_other_users_are_never_linked(embedder) -> None:
     assert supersede(units, embedder) == []
 
 
-def test_meta_subject_links_whatever_the_texts(embedder) -> None:
+def testmeta_subject_links_whatever_the_texts(embedder) -> None:
     units = [
         unit(1, "Locker code 4411, the one by the pool.", meta={"subject": "Gym  Locker"}),
         unit(2, "They gave me a new combination today: 9072.", meta={"subject": "gym locker"}),
@@ -137,7 +137,7 @@ def test_meta_subject_links_whatever_the_texts(embedder) -> None:
     assert found.reason == 'same meta.subject "gym locker"'
 
 
-def test_different_meta_subjects_keep_same_text_subjects_apart(embedder) -> None:
+def test_differentmeta_subjects_keep_same_text_subjects_apart(embedder) -> None:
     units = [unit(1, "My address is 12 Oak Street.", meta={"subject": "home"}),
              unit(2, "My address is 4 Elm Road.", meta={"subject": "office"})]
     assert supersede(units, embedder) == []

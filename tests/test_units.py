@@ -6,8 +6,8 @@ from datetime import UTC, timedelta
 
 import pytest
 
-from memos_cli.core.errors import UsageError
-from memos_cli.core.units import (
+from memos_cli.errors import UsageError
+from memos_cli.plaintext.units import (
     MAX_TEXT_BYTES,
     MemoryUnit,
     build_unit,

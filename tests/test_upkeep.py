@@ -8,10 +8,10 @@ import sys
 
 import pytest
 
-from memos_cli.core import table as table_mod
-from memos_cli.core.errors import LockedError
-from memos_cli.core.store import MemoryStore
-from memos_cli.core.table import FANOUT, FTS_INDEX
+from memos_cli.errors import LockedError
+from memos_cli.plaintext import table as table_mod
+from memos_cli.plaintext.table import FANOUT, FTS_INDEX
+from memos_cli.store.store import MemoryStore
 
 
 def _store_lock_free(store: MemoryStore) -> bool:
@@ -140,7 +140,7 @@ def test_an_upkeep_at_work_in_another_process_is_left_to_it_and_a_drop_waits_for
 
 
 def test_writers_leave_the_upkeep_to_a_consolidate_run_under_way(store) -> None:
-    from memos_cli.core.lock import StoreLock
+    from memos_cli.lock import StoreLock
 
     store.add("the first unit makes the table")
     run = StoreLock(store.run_lock_path)

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from memos_cli.core import check as checking
-from memos_cli.core import files, history
-from memos_cli.core.errors import NotFoundError, StoreError, UsageError
-from memos_cli.core.store import MemoryStore
+from memos_cli.errors import NotFoundError, StoreError, UsageError
+from memos_cli.plaintext import files
+from memos_cli.store import check as checking
+from memos_cli.store import history
+from memos_cli.store.store import MemoryStore
 
 from .conftest import assert_clean_failure, commit_count, git, head
 

@@ -1,4 +1,4 @@
-"""The command-line interface: parses, calls ``memos_cli.core``, renders."""
+"""The command-line interface (Typer, rich): parses, calls the library below it, renders."""
 
 from .app import app, main
 

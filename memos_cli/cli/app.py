@@ -9,8 +9,9 @@ from typing import Annotated
 
 import typer
 
+from memos_cli.errors import MemosError
+
 from .. import __version__
-from ..core.errors import MemosError
 
 app = typer.Typer(
     name="memos",

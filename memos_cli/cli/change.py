@@ -11,7 +11,8 @@ from typing import Annotated, Any
 
 import typer
 
-from ..core.errors import MemosError, UsageError
+from memos_cli.errors import MemosError, UsageError
+
 from .app import app
 from .common import confirm, open_existing_store, print_json, read_source, say_notices
 from .read import CubeF, KindF, SinceF, TagF, UntilF, UserF, _filters
@@ -48,7 +49,7 @@ def edit(
 
       memos edit 01jd3x7k9m --meta source=email --untag draft
     """
-    from ..core.units import check_importance, check_meta, check_tags, check_text, parse_meta_pairs, parse_time
+    from memos_cli.plaintext.units import check_importance, check_meta, check_tags, check_text, parse_meta_pairs, parse_time
 
     store = open_existing_store(ctx)
     unit = store.get(unit_id)
@@ -80,7 +81,7 @@ def edit(
         if changes is None:
             print("memos: edit cancelled; nothing changed", file=sys.stderr)
             return
-    from ..core.units import check_name
+    from memos_cli.plaintext.units import check_name
 
     if "kind" in changes:
         check_name(changes["kind"], "kind")
@@ -95,7 +96,7 @@ def edit(
 
 
 def _edit_in_editor(unit: Any) -> dict[str, Any] | None:
-    from ..core import editing
+    from memos_cli.plaintext import editing
 
     editor = os.environ.get("VISUAL") or os.environ.get("EDITOR")
     if not editor:
@@ -236,7 +237,7 @@ def purge(
 
     Example: memos purge 01jd3x7k9m --yes
     """
-    from ..core.purge import purge as run_purge
+    from memos_cli.store.purge import purge as run_purge
 
     store = open_existing_store(ctx)
     texts = []

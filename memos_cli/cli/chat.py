@@ -9,7 +9,8 @@ from typing import Annotated, Any
 
 import typer
 
-from ..core.errors import MemosError, UsageError
+from memos_cli.errors import MemosError, UsageError
+
 from .app import app
 from .common import open_store, print_json, read_source, say_notices
 from .read import KindF, SinceF, TagF, UntilF, _filters
@@ -67,7 +68,7 @@ def chat(
 
       memos chat "when is the deadline?" --cube work --temperature 0 --no-save
     """
-    from ..core.chat import ChatOptions
+    from memos_cli.chat.session import ChatOptions
 
     if question:
         text: str | None = " ".join(question)
@@ -119,7 +120,8 @@ def _start(ctx: typer.Context, options: Any, model: str | None, n_ctx: int | Non
     """Load the model, open (or create) the store, and put the session's head in context.
 
     Returns the session and the seconds spent loading the models."""
-    from ..core.chat import ChatSession, chat_settings
+    from memos_cli.chat.session import ChatSession, chat_settings
+
     from ..models.generator import load_generator
 
     started = time.perf_counter()
@@ -188,7 +190,7 @@ def _command(session: Any, line: str) -> bool:
         if turn is None:
             print("no turn yet", file=sys.stderr)
         else:
-            from ..render import printable  # memory text is data: no escape sequence reaches the terminal
+            from .render import printable  # memory text is data: no escape sequence reaches the terminal
 
             for unit in turn.memories:
                 print(f"  {unit.id}  {printable(' '.join(unit.text.split())[:100])}", file=sys.stderr)
@@ -223,7 +225,7 @@ def _setup_readline(store: Any) -> None:
         return
     import atexit
 
-    from ..core.purge import chat_history_path, purge_mark
+    from memos_cli.store.purge import chat_history_path, purge_mark
 
     path = chat_history_path(store)
     try:
@@ -238,7 +240,7 @@ def _setup_readline(store: Any) -> None:
 def _save_history(readline: Any, store: Any, mark: str) -> None:
     """Write the session's line history, unless a purge ran since the session began: its lines
     may hold what was purged. Under the store's lock, so that a purge comes wholly before or after."""
-    from ..core.purge import chat_history_path, purge_mark
+    from memos_cli.store.purge import chat_history_path, purge_mark
 
     path = chat_history_path(store)
     try:

@@ -10,14 +10,14 @@ from typing import Any
 
 import typer
 
-from ..core.config import resolve_store_path
-from ..core.errors import UsageError
+from memos_cli.errors import UsageError
+from memos_cli.store.config import resolve_store_path
 
 
 def open_store(ctx: typer.Context) -> Any:
     """The ``MemoryStore`` named by ``--store``/``$MEMOS_HOME``/``~/.memos``."""
-    from ..core import lock
-    from ..core.store import MemoryStore
+    from memos_cli import lock
+    from memos_cli.store.store import MemoryStore
 
     lock.command = ctx.command_path  # "memos config set": what the lock's holder is doing, for those who wait
     obj = ctx.ensure_object(dict)
@@ -73,7 +73,7 @@ def iter_json_lines(text: str) -> Iterator[tuple[int, Any]]:
     Strict JSON: NaN and Infinity are refused. A caller that checks each
     record as it comes reports the first bad line, bad JSON or not.
     """
-    from ..core.units import loads_strict
+    from memos_cli.plaintext.units import loads_strict
 
     # Lines end at "\n" only: str.splitlines() would also cut at U+2028, U+0085 and the like,
     # which JSON allows unescaped inside a string.
@@ -93,7 +93,7 @@ def confirm(action: str, items: list[str], yes: bool, *, required: bool) -> None
     On a terminal: show what it affects and ask. Elsewhere (scripts, cron):
     go on only with ``--yes`` when ``required``, else go on.
     """
-    from ..core.errors import Cancelled
+    from memos_cli.errors import Cancelled
 
     if yes:
         return
@@ -101,7 +101,7 @@ def confirm(action: str, items: list[str], yes: bool, *, required: bool) -> None
         if required:
             raise UsageError(f"refusing to {action} without --yes (there is no terminal to ask on)")
         return
-    from ..render import printable
+    from .render import printable
 
     for text in items[:5]:
         line = " ".join(text.split())

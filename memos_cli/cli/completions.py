@@ -17,7 +17,8 @@ from typing import Annotated, Any
 
 import typer
 
-from ..core.errors import UsageError
+from memos_cli.errors import UsageError
+
 from .app import app
 
 SHELLS = ("bash", "zsh", "fish")

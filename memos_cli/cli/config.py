@@ -69,8 +69,9 @@ def _show(ctx: typer.Context, json_out: bool) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from ..core.policy import toml_literal
-    from ..render import console
+    from memos_cli.store.policy import toml_literal
+
+    from .render import console
 
     table = Table(header_style="bold", caption=str(store.config_path), caption_justify="left")
     table.add_column("setting", no_wrap=True)
@@ -104,7 +105,7 @@ def get(ctx: typer.Context, key: KeyArg, json_out: JsonOpt = False) -> None:
     if json_out:
         print_json(setting.to_json())
     else:
-        from ..render import printable
+        from .render import printable
 
         print(printable(_plain(setting.value)))
 
@@ -151,7 +152,7 @@ def unset(ctx: typer.Context, key: KeyArg, json_out: JsonOpt = False) -> None:
 
 
 def _change(ctx: typer.Context, key: str, value: Any, *, unset: bool, json_out: bool) -> None:
-    from ..core.policy import toml_literal
+    from memos_cli.store.policy import toml_literal
 
     store = open_existing_store(ctx)
     result = store.set_config(key, value, unset=unset)
@@ -182,7 +183,7 @@ def _parse_value(raw: str) -> Any:
 
 
 def _plain(value: Any) -> str:
-    from ..core.policy import toml_literal
+    from memos_cli.store.policy import toml_literal
 
     if value is None:
         return ""

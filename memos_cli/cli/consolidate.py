@@ -8,8 +8,9 @@ from typing import Annotated
 
 import typer
 
-from ..core.errors import MemosError, UsageError
-from ..core.units import iso, utcnow
+from memos_cli.errors import MemosError, UsageError
+from memos_cli.plaintext.units import iso, utcnow
+
 from .app import app
 from .common import open_existing_store, print_json, say_notices
 
@@ -52,8 +53,8 @@ def consolidate(
 
       memos consolidate --quiet --log ~/.memos-consolidate.log   (for cron)
     """
-    from ..core.consolidate import consolidate as run
-    from ..core.consolidate import log_line
+    from memos_cli.scheduler.run import consolidate as run
+    from memos_cli.scheduler.run import log_line
 
     store = open_existing_store(ctx)
     if log is not None:
@@ -74,7 +75,7 @@ def consolidate(
     if json_out:
         print_json(report.to_json())
     elif not (quiet and not report.changed and not (dry_run and report.actions)):
-        from ..render import consolidate_view
+        from .render import consolidate_view
 
         consolidate_view(report)
     for step in report.skipped:

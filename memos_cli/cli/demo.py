@@ -34,10 +34,11 @@ def demo(
     """
     from rich.console import Console
 
-    from ..core import history
-    from ..core.retrieval import Filters
-    from ..core.store import MemoryStore
-    from ..render import diff_view, hits_table, units_table
+    from memos_cli.plaintext.retrieval import Filters
+    from memos_cli.store import history
+    from memos_cli.store.store import MemoryStore
+
+    from .render import diff_view, hits_table, units_table
 
     console = Console()
     with tempfile.TemporaryDirectory(prefix="memos-demo-") as tmp:
@@ -75,9 +76,10 @@ def demo(
 
 def _chat(console: Any, store: Any) -> None:
     """Pin a memory, save its activation memory, and chat with and without it."""
-    from ..core import activation
-    from ..core.chat import ChatOptions, ChatSession
-    from ..core.retrieval import Filters
+    from memos_cli import activation
+    from memos_cli.chat.session import ChatOptions, ChatSession
+    from memos_cli.plaintext.retrieval import Filters
+
     from ..models.generator import load_generator
 
     tea = next(u for u in store.list(Filters(kind="preference"), limit=1))
@@ -107,8 +109,9 @@ def _chat(console: Any, store: Any) -> None:
 
 def _consolidate(console: Any, store: Any) -> None:
     """A repeated preference and a changed address, then the scheduler's run."""
-    from ..core.consolidate import consolidate
-    from ..render import consolidate_view, hits_table
+    from memos_cli.scheduler.run import consolidate
+
+    from .render import consolidate_view, hits_table
 
     console.rule("memos add (a repeat, and a fact that changed), then memos consolidate")
     for text, kind, when in (("alice prefers green tea to coffee, and never drinks anything after 6 pm",

@@ -6,7 +6,8 @@ from typing import Annotated
 
 import typer
 
-from ..core.errors import UsageError
+from memos_cli.errors import UsageError
+
 from .app import app
 from .common import confirm, open_existing_store, print_json, say_notices
 
@@ -29,8 +30,8 @@ def log(
 
       memos log --user alice --json
     """
-    from ..core import history
-    from ..core.units import check_name
+    from memos_cli.plaintext.units import check_name
+    from memos_cli.store import history
 
     for value, what in ((cube, "cube"), (user, "user")):
         if value is not None:
@@ -40,7 +41,7 @@ def log(
     if json_out:
         print_json([c.to_json() for c in commits])
     else:
-        from ..render import log_table
+        from .render import log_table
 
         log_table(commits)
 
@@ -66,7 +67,7 @@ def diff(
 
       memos diff 3f2a1c9d 8e7b6a5f --json
     """
-    from ..core import history
+    from memos_cli.store import history
 
     revs = revs or []
     if len(revs) > 2:
@@ -76,7 +77,7 @@ def diff(
     if json_out:
         print_json(result.to_json())
     else:
-        from ..render import diff_view
+        from .render import diff_view
 
         diff_view(result, usage)
 
@@ -98,7 +99,7 @@ def rollback(
 
       memos rollback 3f2a1c9d --yes
     """
-    from ..core import history
+    from memos_cli.store import history
 
     store = open_existing_store(ctx)
     target = store.repo.resolve(rev)

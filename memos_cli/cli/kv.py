@@ -32,7 +32,8 @@ CtxO = Annotated[int | None, typer.Option("--ctx", metavar="TOKENS", help="Conte
 
 def _identity(store: Any, model: str | None, n_ctx: int | None) -> Any:
     """The configured chat model's identity, without loading it (for statuses)."""
-    from ..core.chat import chat_settings
+    from memos_cli.chat.session import chat_settings
+
     from ..models.generator import identify
 
     spec, size = chat_settings(store, model, n_ctx)
@@ -65,8 +66,9 @@ def build(
 
       memos kv build --query "Alice" -k 20 --json
     """
-    from ..core import activation
-    from ..core.chat import chat_settings
+    from memos_cli import activation
+    from memos_cli.chat.session import chat_settings
+
     from ..models.generator import load_generator
 
     selection = activation.Selection(pinned=pinned or (top is None and query is None), top=top,
@@ -102,7 +104,7 @@ def list_(
 
       memos kv list --cube work --json
     """
-    from ..core import activation
+    from memos_cli import activation
 
     store = open_existing_store(ctx)
     identity = _identity(store, model, n_ctx)
@@ -110,7 +112,7 @@ def list_(
     if json_out:
         print_json([a.to_json() for a in found])
         return
-    from ..render import kv_table
+    from .render import kv_table
 
     kv_table(found)
 
@@ -132,14 +134,14 @@ def show(
 
       memos kv show 01hx --text --json
     """
-    from ..core import activation
+    from memos_cli import activation
 
     store = open_existing_store(ctx)
     record = activation.assess(store, activation.get(store, ident), _identity(store, model, n_ctx))
     if json_out:
         print_json(record.to_json(with_preamble=text))
         return
-    from ..render import kv_detail
+    from .render import kv_detail
 
     kv_detail(record, text)
 
@@ -155,7 +157,7 @@ def rm(
 
     Example: memos kv rm 01hx
     """
-    from ..core import activation
+    from memos_cli import activation
 
     store = open_existing_store(ctx)
     found = {a.id: a for a in (activation.get(store, i) for i in idents)}

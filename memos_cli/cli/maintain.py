@@ -30,7 +30,7 @@ def check(
 
       memos check --repair --json
     """
-    from ..core.check import check as run_check
+    from memos_cli.store.check import check as run_check
 
     store = open_existing_store(ctx)
     report = run_check(store, repair=repair)
@@ -38,7 +38,7 @@ def check(
     if json_out:
         print_json(report.to_json())
     else:
-        from ..render import check_view
+        from .render import check_view
 
         check_view(report)
     if not report.ok:
@@ -51,7 +51,7 @@ def compact(ctx: typer.Context, json_out: JsonOpt = False) -> None:
 
     Run it after many single adds, or from cron. Example: memos compact
     """
-    from ..render import human_bytes
+    from .render import human_bytes
 
     store = open_existing_store(ctx)
     sizes = store.compact()

@@ -7,7 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
-from ..core.errors import UsageError
+from memos_cli.errors import UsageError
+
 from .app import app
 from .common import iter_json_lines, open_existing_store, print_json, read_source, say_notices
 
@@ -33,8 +34,8 @@ class Status(StrEnum):
 
 def _filters(kind: str | None, tag: list[str] | None, cube: str | None, user: str | None,
              since: str | None, until: str | None, status: str | None = "active", pinned: bool | None = None) -> Any:
-    from ..core.retrieval import Filters
-    from ..core.units import STATUSES, parse_time
+    from memos_cli.plaintext.retrieval import Filters
+    from memos_cli.plaintext.units import STATUSES, parse_time
 
     if status is not None and status not in STATUSES:
         raise UsageError(f"bad status {status!r}: use one of {', '.join(STATUSES)} or 'all'")
@@ -102,7 +103,7 @@ def recall(
     if json_out:
         print_json({"query": text, "results": [h.to_json(explain) for h in hits]})
     else:
-        from ..render import hits_table
+        from .render import hits_table
 
         hits_table(hits, text, explain)
 
@@ -131,7 +132,7 @@ def list_(
     if json_out:
         print_json([u.to_json() for u in units])
     else:
-        from ..render import units_table
+        from .render import units_table
 
         units_table(units)
 
@@ -156,13 +157,13 @@ def show(
     """
     store = open_existing_store(ctx)
     if history:
-        from ..core.history import unit_versions
+        from memos_cli.store.history import unit_versions
 
         versions = unit_versions(store, unit_id)
         if json_out:
             print_json([v.to_json() for v in versions])
         else:
-            from ..render import versions_view
+            from .render import versions_view
 
             versions_view(versions)
         return
@@ -171,7 +172,7 @@ def show(
     if json_out:
         print_json(unit.to_json())
     else:
-        from ..render import unit_detail
+        from .render import unit_detail
 
         unit_detail(unit)
 
@@ -188,6 +189,6 @@ def stats(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     if json_out:
         print_json(data)
     else:
-        from ..render import stats_view
+        from .render import stats_view
 
         stats_view(data)

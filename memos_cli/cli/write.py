@@ -62,7 +62,7 @@ def add(
 
       memos add "Answer in British English" --kind preference --pin
     """
-    from ..core.units import parse_meta_pairs
+    from memos_cli.plaintext.units import parse_meta_pairs
 
     body = read_source("-", "text") if text == ["-"] else " ".join(text)
     store = open_store(ctx)

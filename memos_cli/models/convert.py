@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from memos_cli.core.errors import ModelError
+from memos_cli.errors import ModelError
 
 # Tensors the embedding model does not use (the MLM/NSP heads and the pooler).
 _SKIPPED_PREFIXES = ("pooler.", "cls.predictions", "cls.seq_relationship")

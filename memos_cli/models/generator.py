@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from memos_cli.core.errors import ModelError, UsageError
+from memos_cli.errors import ModelError, UsageError
 from memos_cli.models import registry
 from memos_cli.models.runtime import default_threads, import_llama_cpp, silence_llama_logs
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from memos_cli.core.errors import MemosError
+from memos_cli.errors import MemosError
 
 FORMAT = "memos-kv/1"
 SUFFIX = ".safetensors"

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from memos_cli.core.errors import ModelError
+from memos_cli.errors import ModelError
 
 DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 _MINILM_HF_NAME = "sentence-transformers/all-MiniLM-L6-v2"

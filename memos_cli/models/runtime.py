@@ -8,7 +8,7 @@ import os
 import threading
 from typing import Any
 
-from memos_cli.core.errors import ModelError
+from memos_cli.errors import ModelError
 
 _log_callback: Any = None  # the no-op llama.cpp log callback; must stay referenced
 _log_lock = threading.Lock()

@@ -1,0 +1,284 @@
+"""A chat with memory.
+
+A session first puts its *head* in the model's context: the instructions and
+the cube's block of activation memory (its pinned units, or whatever
+selection its newest activation was built from). When a current activation
+memory exists for this model, its saved KV state is loaded; otherwise the
+head is prefilled (and chat says why). Every turn then starts from that head:
+
+1. recall the question against the cube (the store's hybrid recall, with the
+   user's filters), leaving out what the head already holds and this
+   session's own exchanges;
+2. put the best memories that fit in ``budget`` tokens after the head, then
+   the conversation so far (oldest turns dropped first when the context is
+   short), then the question;
+3. generate, streaming;
+4. save the exchange as an ``episode`` unit with the session id in its
+   metadata, one commit per turn: an interrupted or crashed session keeps
+   every answered turn, and a turn is never half saved.
+
+Before each turn after the first, the head's saved state is restored (3 ms),
+so the model never sees a previous turn's recalled memories, and a loaded
+cache is never changed in place.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from memos_cli import activation
+from memos_cli.activation import prompt
+from memos_cli.errors import UsageError
+from memos_cli.plaintext.retrieval import Filters
+from memos_cli.plaintext.units import MemoryUnit, new_id
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from memos_cli.models.generator import Generator
+    from memos_cli.store.store import MemoryStore
+
+DEFAULT_K = 8
+DEFAULT_BUDGET = 1024  # tokens of recalled memories per turn
+
+
+@dataclass
+class ChatOptions:
+    cube: str = "default"
+    user: str | None = None
+    filters: Filters = field(default_factory=Filters)  # the user's recall filters; ``cube`` is set from ``cube``
+    k: int = DEFAULT_K
+    budget: int = DEFAULT_BUDGET
+    temperature: float = 0.7
+    max_tokens: int = 256
+    seed: int | None = None
+    use_kv: bool = True
+    kv_id: str | None = None
+    rebuild: bool = False
+    save: bool = True
+    keep_head: bool = False  # keep the prefilled head's state for later turns (interactive sessions)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.k <= 100:
+            raise UsageError(f"bad -k {self.k}: use a whole number from 1 to 100")
+        if self.budget < 0:
+            raise UsageError(f"bad --budget {self.budget}: use a number of tokens from 0")
+        if not 0.0 <= self.temperature <= 2.0:
+            raise UsageError(f"bad --temperature {self.temperature}: use a number from 0 to 2")
+        if self.max_tokens < 1:
+            raise UsageError(f"bad --max-tokens {self.max_tokens}: use a whole number from 1")
+
+
+@dataclass
+class Head:
+    """What the session's head holds and where it came from."""
+
+    source: str  # "kv" (a loaded activation memory) or "prefill"
+    text: str
+    tokens: list[int]
+    units: list[str]
+    activation: str | None = None
+    seconds: float = 0.0
+    kv_read_seconds: float = 0.0
+    kv_bytes: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"source": self.source, "tokens": len(self.tokens), "units": self.units, "activation": self.activation,
+                "seconds": round(self.seconds, 4), "kv_read_seconds": round(self.kv_read_seconds, 4),
+                "kv_bytes": self.kv_bytes}
+
+
+@dataclass
+class Turn:
+    question: str
+    answer: str = ""
+    memories: list[MemoryUnit] = field(default_factory=list)
+    saved: str | None = None  # the episode unit's id
+    timings: dict[str, float] = field(default_factory=dict)
+    tokens: int = 0  # of the answer
+    prompt_tokens: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "question": self.question,
+            "answer": self.answer,
+            "memories": [{"id": u.id, "text": u.text} for u in self.memories],
+            "saved": self.saved,
+            "tokens": self.tokens,
+            "prompt_tokens": self.prompt_tokens,
+            "timings": {k: round(v, 4) for k, v in self.timings.items()},
+        }
+
+
+class ChatSession:
+    """One conversation; ``ask`` streams an answer, then ``last`` holds the turn."""
+
+    def __init__(self, store: MemoryStore, generator: Generator, options: ChatOptions) -> None:
+        self.store = store
+        self.generator = generator
+        self.options = options
+        self.id = new_id()
+        self.notices: list[str] = []
+        self.history: list[tuple[str, str]] = []
+        self.turns: list[Turn] = []
+        self.last: Turn | None = None
+        self._filters = Filters(**{**options.filters.__dict__, "cube": options.cube})
+        self._state: np.ndarray | None = None
+        self._fresh = False  # the head alone is in the context now
+        self.head = self._prepare()
+
+    # ---- the head --------------------------------------------------------------
+
+    def _choose(self) -> activation.Activation | None:
+        """The activation memory this session should use, if any."""
+        opts, identity = self.options, self.generator.identity
+        if opts.kv_id:
+            chosen = activation.get(self.store, opts.kv_id)
+            if chosen.cube != opts.cube:
+                raise UsageError(f"activation memory {chosen.id} belongs to cube {chosen.cube!r}, not {opts.cube!r}")
+            return chosen
+        found = activation.records(self.store, opts.cube)
+        # A heat block holds the pinned units too (the scheduler builds it), so it goes first;
+        # a query's block holds only what that query found.
+        found.sort(key=lambda a: (a.selection.top is None, not a.selection.pinned, -a.created_at.timestamp()))
+        matching = [a for a in found if a.matches(identity)]
+        return (matching or found or [None])[0]
+
+    def _prepare(self) -> Head:
+        from memos_cli.models.kvcache import CacheError
+
+        opts, gen = self.options, self.generator
+        started = time.perf_counter()
+        chosen = self._choose()
+        if chosen is not None:
+            activation.assess(self.store, chosen, gen.identity)
+            if chosen.status != "current" and opts.rebuild and opts.use_kv:
+                self.notices.append(f"activation memory {chosen.id} is {chosen.status} ({chosen.reason}); rebuilding it")
+                chosen = activation.build(self.store, gen, opts.cube, chosen.selection)
+                started = time.perf_counter()  # the build is reported apart; the head is then a load
+            if chosen.status == "current" and opts.use_kv:
+                tokens = gen.tokenize(chosen.preamble, head=True)
+                try:
+                    kv = activation.load(self.store, chosen, gen, tokens)
+                except CacheError as exc:
+                    self.notices.append(f"cannot use activation memory {chosen.id}: {exc}; prefilling instead")
+                else:
+                    self._state, self._fresh = kv.state, True
+                    return Head("kv", chosen.preamble, tokens, [s["id"] for s in chosen.sources], chosen.id,
+                                time.perf_counter() - started, kv.read_seconds, kv.size)
+            elif chosen.status != "current":
+                self.notices.append(
+                    f"activation memory {chosen.id} is not used: {chosen.status}, {chosen.reason}; prefilling instead"
+                    + ("" if chosen.status == "other model" else " (`--rebuild` rebuilds it)"))
+        selection = chosen.selection if chosen is not None else activation.Selection(pinned=True)
+        if chosen is not None and chosen.status == "current":
+            text, ids = chosen.preamble, [s["id"] for s in chosen.sources]
+        else:
+            units = activation.select_units(self.store, opts.cube, selection)
+            text, ids = prompt.head_text(units), [u.id for u in units]
+        tokens = gen.tokenize(text, head=True)
+        activation.check_fits(len(tokens), gen.n_ctx)
+        gen.prefill(tokens)
+        self._fresh = True
+        if opts.keep_head:
+            self._state = gen.save_state()
+        return Head("prefill", text, tokens, ids, chosen.id if chosen is not None else None, time.perf_counter() - started)
+
+    def _reset_head(self) -> None:
+        if self._fresh:
+            return
+        if self._state is not None:
+            self.generator.load_state(self._state, self.head.tokens)
+        else:
+            self.generator.prefill(self.head.tokens)
+        self._fresh = True
+
+    # ---- a turn ----------------------------------------------------------------------
+
+    def _recall(self, question: str) -> list[MemoryUnit]:
+        skip = set(self.head.units)
+        wanted = self.options.k
+        hits = self.store.recall(question, min(1000, wanted + len(skip) + 2 * len(self.turns)), self._filters,
+                                 context=False)
+        out = [h.unit for h in hits
+               if h.unit.id not in skip and (h.unit.meta or {}).get("session") != self.id]
+        return out[:wanted]
+
+    def _prompt(self, question: str, memories: list[MemoryUnit]) -> tuple[list[int], list[MemoryUnit]]:
+        gen = self.generator
+        block, used = prompt.recalled_block(memories, self.options.budget, gen.count)
+        history = list(self.history)
+        while True:  # the head's tokens are fixed; only the tail is rendered here
+            _, tail = gen.format.render(self.head.text, block, history, question)
+            tokens = self.head.tokens + gen.tokenize(tail)
+            if len(tokens) + min(self.options.max_tokens, 64) <= gen.n_ctx:
+                return tokens, used
+            if history:
+                history.pop(0)
+            elif used:
+                block, used = "", []
+            else:
+                raise UsageError(f"the question does not fit in the context of {gen.n_ctx} tokens (use --ctx)")
+
+    def ask(self, question: str) -> Iterator[str]:
+        """Stream the answer to ``question``; afterwards ``self.last`` holds the turn.
+
+        An interrupted turn (Ctrl-C, or the caller stops iterating) is neither
+        saved nor added to the conversation.
+        """
+        question = question.strip()
+        if not question:
+            raise UsageError("the question is empty")
+        turn = Turn(question)
+        started = time.perf_counter()
+        self._reset_head()
+        memories = self._recall(question)
+        turn.timings["recall_s"] = time.perf_counter() - started
+        tokens, turn.memories = self._prompt(question, memories)
+        turn.prompt_tokens = len(tokens)
+        pieces: list[str] = []
+        self._fresh = False
+        gen_started = time.perf_counter()
+        for piece in self.generator.stream(tokens, temperature=self.options.temperature,
+                                           max_tokens=self.options.max_tokens, seed=self.options.seed):
+            if not pieces:
+                turn.timings["first_token_s"] = time.perf_counter() - started
+            pieces.append(piece)
+            yield piece
+        done = time.perf_counter()
+        turn.answer = "".join(pieces).strip()
+        turn.tokens = self.generator.count(turn.answer) if turn.answer else 0
+        turn.timings["generation_s"] = done - gen_started
+        turn.timings.setdefault("first_token_s", done - started)
+        if self.options.save and turn.answer:
+            turn.saved = self._save(turn)
+            turn.timings["save_s"] = time.perf_counter() - done
+        turn.timings["turn_s"] = time.perf_counter() - started
+        self.history.append((question, turn.answer))
+        self.turns.append(turn)
+        self.last = turn
+
+    def _save(self, turn: Turn) -> str:
+        unit = self.store.add(
+            f"User: {turn.question}\nAssistant: {turn.answer}",
+            kind="episode",
+            cube=self.options.cube,
+            user=self.options.user,
+            meta={"session": self.id, "turn": len(self.turns) + 1, "model": self.generator.identity.name,
+                  "recalled": [u.id for u in turn.memories]},
+        )
+        return unit.id
+
+
+def chat_settings(store: MemoryStore, model: str | None, n_ctx: int | None) -> tuple[str | None, int]:
+    """The chat model (a GGUF path, or None for the default) and context size:
+    the flags, else ``[chat]`` in memos.toml, else the defaults."""
+    from memos_cli.models.generator import DEFAULT_CTX
+
+    config = store.config if store.exists() else None
+    spec = model or (config.chat_model if config else None)
+    size = n_ctx or (config.chat_ctx if config else None) or DEFAULT_CTX
+    return spec, size
