@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from memos_cli.render import local_time, printable, safe
 
+from memos_cli.cli.render import local_time, printable, safe
 from memos_cli.errors import UsageError
 from memos_cli.plaintext.units import (
     build_unit,

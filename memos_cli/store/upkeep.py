@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from memos_cli.errors import LockedError
+from memos_cli.errors import LockedError, MemosError
 from memos_cli.store import layout
 
 if TYPE_CHECKING:
@@ -79,7 +79,7 @@ class TableUpkeep:
                     break
             if fold and table.fold_indexes():
                 self._with_lock(UPKEEP_LOCK_WAIT, table.cleanup)
-        except (OSError, ValueError, RuntimeError) as exc:  # Lance's errors; the next write's upkeep retries
+        except (OSError, ValueError, RuntimeError, MemosError) as exc:  # Lance's, a recovery's: the next write retries
             if "not found" not in str(exc).lower():  # not a file a writer's cleanup took meanwhile
                 self.notices.append(f"the search table's upkeep was left for the next write ({layout.one_line(exc)})")
 
