@@ -228,7 +228,7 @@ def _prefill(store: MemoryStore, generator: Generator, cube: str, selection: Sel
             kv = kvcache.read(kv_dir(store), previous.sha256)
         except kvcache.CacheError:
             kv = None  # missing or damaged: prefill from empty
-        if kv is not None and kv.tokens[:1] == tokens[:1]:
+        if kv is not None:
             try:
                 return generator.prefill_from(kv.state, kv.tokens, tokens)
             except ModelError:  # llama.cpp refused the old state

@@ -34,7 +34,7 @@ import pyarrow as pa  # noqa: E402
 from lance.dataset import ColumnOrdering  # noqa: E402
 
 from memos_cli.lock import StoreLock  # noqa: E402
-from memos_cli.plaintext.sql import sql_str, sql_time  # noqa: E402, F401 - the filters' literals, here too
+from memos_cli.plaintext.sql import sql_str  # noqa: E402
 from memos_cli.plaintext.terms import index_terms  # noqa: E402
 from memos_cli.plaintext.units import MemoryUnit  # noqa: E402
 
@@ -53,7 +53,7 @@ T = TypeVar("T")
 READ_RETRIES = 5  # a read that lost a race with a writer's cleanup tries the newer version
 FANOUT = 16  # fragments of one size level merged together
 FTS_MAX_SEGMENTS = 4  # full-text index delta segments before they are merged
-UPKEEP_LOCK = "upkeep.lock"  # in tables/: see UnitTable.upkeep_lock
+UPKEEP_LOCK = "upkeep.lock"  # in tables/: see UnitTable.exclusive
 UPKEEP_LOCK_WAIT = 1.0  # seconds an upkeep waits for the store's lock to commit a merge, else leaves it
 EXCLUSIVE_WAIT = 120.0  # seconds a drop waits for an upkeep at work (folding 100k rows anew takes a few)
 _UPKEEP_HELD: set[str] = set()  # the upkeep locks this process holds
@@ -323,7 +323,7 @@ class UnitTable:
             if force or stats["num_unindexed_rows"] > max(1000, stats["num_indexed_rows"] // 10):
                 # Not a full optimize: it would also rewrite every data file. New rows go into a
                 # delta segment; once FTS_MAX_SEGMENTS pile up they are merged into one, as Lance
-                # merges only fragments that the same segments cover (maintain).
+                # merges only fragments that the same segments cover (``merge_plan``).
                 segments = stats["num_indices"] or 1
                 merge = segments if segments + 1 >= FTS_MAX_SEGMENTS else 0  # all of them, with the new rows
                 ds.optimize.optimize_indices(index_names=[FTS_INDEX], num_indices_to_merge=merge)
@@ -336,18 +336,14 @@ class UnitTable:
 
     # ---- upkeep (``MemoryStore.upkeep`` runs it after a write, outside the store's lock) ----------
 
-    def upkeep_lock(self, timeout: float = 0.0) -> StoreLock:
-        """Held by whoever keeps the table up (``MemoryStore.upkeep``), and by what must not run beside
-        it: dropping the table (``exclusive``), and a cleanup of files that no version names
-        (``cleanup(unverified=True)``)."""
-        return StoreLock(self.dir / UPKEEP_LOCK, timeout)
-
     @contextmanager
     def exclusive(self, timeout: float | None = EXCLUSIVE_WAIT) -> Iterator[bool]:
-        """Hold ``upkeep_lock``; yields whether it is held (``timeout`` None: not waiting at all).
+        """Hold the upkeep lock; yields whether it is held (``timeout`` None: not waiting at all).
 
-        What replaces the table (a drop and rebuild, under the store's lock) holds it: it waits for an
-        upkeep at work to finish, and keeps the next from starting. An upkeep waits for the store's lock
+        Whoever keeps the table up holds it (``MemoryStore.upkeep``), and so does what must not run
+        beside that: a cleanup of files that no version names (``cleanup(unverified=True)``), and what
+        replaces the table (a drop and rebuild, under the store's lock), which thus waits for an
+        upkeep at work to finish and keeps the next from starting. An upkeep waits for the store's lock
         only ``UPKEEP_LOCK_WAIT``, so the two never wait for each other long. Held again by the process
         that holds it (flock is per open file, not per process), it is held already.
         """
@@ -355,7 +351,7 @@ class UnitTable:
         if key in _UPKEEP_HELD:
             yield True
             return
-        lock = self.upkeep_lock(timeout or 0.0)
+        lock = StoreLock(self.dir / UPKEEP_LOCK, timeout or 0.0)
         try:
             held = lock.acquire(blocking=timeout is not None)
         except OSError:
@@ -466,7 +462,7 @@ class UnitTable:
         """Drop every version but the latest (kept until the write committed, to undo it).
 
         ``unverified``: also files that no version names, however new (left by a write or merge cut
-        off). Those may be an upkeep's, not yet committed, so only a holder of ``upkeep_lock`` may."""
+        off). Those may be an upkeep's, not yet committed, so only a holder of ``exclusive`` may."""
         if self.exists():
             self.ds.cleanup_old_versions(older_than=timedelta(0), delete_unverified=unverified)
             self._changed()

@@ -222,9 +222,10 @@ def promote(store: MemoryStore, report: Report, models: ModelSlot) -> None:
                 activation.remove(store, gone)
             else:
                 gen = models.get("rebuilding activation memory")
-                grown = actions[0].extra.get("grown")
+                grown = actions[0].extra.get("grown")  # the block's ids, then those appended
                 try:
-                    activation.build(store, gen, cube, selection, units=grown or actions[0].extra["hot"])
+                    activation.build(store, gen, cube, selection,
+                                     units=store.get_many(grown) if grown else actions[0].extra["hot"])
                 except UsageError:  # the grown block is too long for the context: rebuild it
                     if not grown:
                         raise

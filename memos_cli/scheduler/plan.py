@@ -230,11 +230,9 @@ def plan_heat(store: MemoryStore, cube: str, hot: list[MemoryUnit], top: int, id
     if record is not None and (entering or leaving) and _may_grow(store, record, hot, leaving, top, identity, assess):
         if not entering:
             return []  # only cooled units: they stay until the block is rebuilt
-        kept = {u.id: u for u in store.get_many(before)}
-        grown = [kept[i] for i in before] + [u for u in hot if u.id in entering]
         stay = f"; {len(leaving)} that cooled stay until it is rebuilt" if leaving else ""
         return [Action("promote", cube, entering, f"appended to activation memory (top {top} by heat{stay})",
-                       extra={**extra, "grown": grown})]
+                       extra={**extra, "grown": before + entering})]
     if entering:
         actions.append(Action("promote", cube, entering,
                               f"into activation memory (pinned, and the top {top} by heat)", extra=extra))

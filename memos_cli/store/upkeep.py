@@ -26,7 +26,7 @@ class TableUpkeep:
         fold at 100k), and every other writer waited. Now the merged files are written with no lock
         and committed under it (10 ms), and an index is committed by Lance alone, which keeps it
         consistent with the writes committed meanwhile. One upkeep at a time per store
-        (``UnitTable.upkeep_lock``; a writer that finds one at work leaves it); it changes no row, so
+        (``UnitTable.exclusive``; a writer that finds one at work leaves it); it changes no row, so
         it needs no journal, and a kill leaves at worst files no version names, which
         ``memos compact`` removes. Best effort: the write is done whatever happens here. Left while a
         consolidate run is under way, unless the run itself asks (``from_run``); ``fold``: the indexes
