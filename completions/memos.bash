@@ -56,7 +56,7 @@ _memos()
         if [[ $cur == -* ]]; then
             COMPREPLY=($(compgen -W "--store -s --version --help -h" -- "$cur"))
         else
-            COMPREPLY=($(compgen -W "add chat check compact config consolidate demo diff edit forget import init kv list log pin purge recall rollback show stats unpin" -- "$cur"))
+            COMPREPLY=($(compgen -W "add chat check compact config consolidate demo diff edit forget import init kv learn list log param pin purge recall rollback show stats steer unpin" -- "$cur"))
         fi
         return 0
     fi
@@ -74,12 +74,15 @@ _memos()
             ;;
         chat)
             case "$prev" in
-                --cube|--user|--kind|--tag|-t|--since|--until|-k|--budget|--model|--ctx|--temperature|--max-tokens|--seed|--kv)
+                --cube|--user|--kind|--tag|-t|--since|--until|-k|--budget|--model|--ctx|--temperature|--max-tokens|--seed|--kv|--param)
                     :  # a value with nothing to offer
+                    return 0 ;;
+                --batch)
+                    _memos_files "$cur"
                     return 0 ;;
             esac
             if [[ $cur == -* ]]; then
-                COMPREPLY=($(compgen -W "--cube --user --kind --tag -t --since --until -k --budget --model --ctx --temperature --max-tokens --seed --no-kv --kv --rebuild --no-save --json --help -h" -- "$cur"))
+                COMPREPLY=($(compgen -W "--cube --user --kind --tag -t --since --until -k --budget --model --ctx --temperature --max-tokens --seed --no-kv --kv --rebuild --no-save --no-recall --param --no-param --batch --json --help -h" -- "$cur"))
             fi
             ;;
         check)
@@ -167,6 +170,19 @@ _memos()
                 COMPREPLY=($(compgen -W "--help -h" -- "$cur"))
             fi
             ;;
+        learn)
+            case "$prev" in
+                --query|-q|-k|--kind|--tag|-t|--since|--until|--cube|--model|--rank|--steps|--layers|--general|--variants|--seed)
+                    :  # a value with nothing to offer
+                    return 0 ;;
+                --eval)
+                    _memos_files "$cur"
+                    return 0 ;;
+            esac
+            if [[ $cur == -* ]]; then
+                COMPREPLY=($(compgen -W "--query -q -k --kind --tag -t --since --until --all --cube --model --rank --steps --layers --general --variants --seed --eval --disabled --force --replace --json --help -h" -- "$cur"))
+            fi
+            ;;
         list)
             case "$prev" in
                 --kind|--tag|-t|--cube|--user|--since|--until|--limit|-n)
@@ -188,6 +204,11 @@ _memos()
             esac
             if [[ $cur == -* ]]; then
                 COMPREPLY=($(compgen -W "-n --cube --user --json --help -h" -- "$cur"))
+            fi
+            ;;
+        param)
+            if [[ $cur == -* ]]; then
+                COMPREPLY=($(compgen -W "--help -h" -- "$cur"))
             fi
             ;;
         pin)
@@ -226,6 +247,19 @@ _memos()
         stats)
             if [[ $cur == -* ]]; then
                 COMPREPLY=($(compgen -W "--json --help -h" -- "$cur"))
+            fi
+            ;;
+        steer)
+            case "$prev" in
+                --pos|--neg|--probe)
+                    _memos_files "$cur"
+                    return 0 ;;
+                --pos-tag|--neg-tag|--cube|--layers|--strength|--model)
+                    :  # a value with nothing to offer
+                    return 0 ;;
+            esac
+            if [[ $cur == -* ]]; then
+                COMPREPLY=($(compgen -W "--pos --neg --pos-tag --neg-tag --cube --layers --strength --probe --model --replace --disabled --json --help -h" -- "$cur"))
             fi
             ;;
         unpin)

@@ -52,14 +52,17 @@ complete -c memos -n 'not __memos_command' -a forget -d 'Forget memories: gone f
 complete -c memos -n 'not __memos_command' -a import -d 'Import many memories in one commit, all or nothing.'
 complete -c memos -n 'not __memos_command' -a init -d 'Create the memory store (the first write creates it too).'
 complete -c memos -n 'not __memos_command' -a kv -d 'Activation memory: a block of memory prefilled on the chat model, its KV cache saved, so a chat starts without reading it again.'
+complete -c memos -n 'not __memos_command' -a learn -d 'Learn memories into a LoRA adapter for the chat model (parametric memory).'
 complete -c memos -n 'not __memos_command' -a list -d 'List memories, newest first.'
 complete -c memos -n 'not __memos_command' -a log -d 'The operations on memory, newest first: who, when, what and how many units.'
+complete -c memos -n 'not __memos_command' -a param -d 'Parametric memory: LoRA adapters learned from memories (`memos learn`) and steering vectors (`memos steer`), versioned in the store\'s history like the memories themselves.'
 complete -c memos -n 'not __memos_command' -a pin -d 'Pin memories: always in context, in the activation memory of their cube.'
 complete -c memos -n 'not __memos_command' -a purge -d 'Delete memories for good: from the store, its search table and all of git history.'
 complete -c memos -n 'not __memos_command' -a recall -d 'Find the memories that best match a query (full-text and vector search, fused).'
 complete -c memos -n 'not __memos_command' -a rollback -d 'Put memory back as it was at REV, as a new commit; history is kept, so it can be undone.'
 complete -c memos -n 'not __memos_command' -a show -d 'Show one memory with all its fields, or every version of it.'
 complete -c memos -n 'not __memos_command' -a stats -d 'Counts by kind, status and cube, and sizes on disk.'
+complete -c memos -n 'not __memos_command' -a steer -d 'Build a steering vector from contrastive texts and save it, in one commit.'
 complete -c memos -n 'not __memos_command' -a unpin -d 'Unpin memories: back to being recalled only when they match.'
 
 # memos add
@@ -93,6 +96,10 @@ complete -c memos -n '__memos_using chat' -l no-kv -d 'Prefill the memory block 
 complete -c memos -n '__memos_using chat' -l kv -x -d 'Use this activation memory (see `memos kv list`).'
 complete -c memos -n '__memos_using chat' -l rebuild -d 'Rebuild a stale activation memory before using it.'
 complete -c memos -n '__memos_using chat' -l no-save -d 'Keep nothing: turns are not saved as episodes.'
+complete -c memos -n '__memos_using chat' -l no-recall -d 'Closed book: no plaintext memory in the prompt (no memory block, nothing recalled).'
+complete -c memos -n '__memos_using chat' -l param -x -d 'Use this parametric memory (repeatable; a disabled one too), at this scale; adapters are still routed.'
+complete -c memos -n '__memos_using chat' -l no-param -d 'Use no parametric memory.'
+complete -c memos -n '__memos_using chat' -l batch -r -F -d 'Answer JSON lines {"q"} one JSON line each, loading the model once; each question on its own.'
 complete -c memos -n '__memos_using chat' -l json -d 'Print the answer, memories used and timings as JSON.'
 complete -c memos -n '__memos_using chat' -l help -s h -d 'Show this message and exit.'
 
@@ -165,6 +172,29 @@ complete -c memos -n '__memos_using init' -l help -s h -d 'Show this message and
 # memos kv
 complete -c memos -n '__memos_using kv' -l help -s h -d 'Show this message and exit.'
 
+# memos learn
+complete -c memos -n '__memos_using learn' -l query -s q -x -d 'Learn the best -k units recalled for Q.'
+complete -c memos -n '__memos_using learn' -s k -x -d 'How many units --query selects.'
+complete -c memos -n '__memos_using learn' -l kind -x -d 'Only this kind.'
+complete -c memos -n '__memos_using learn' -l tag -s t -x -d 'Only units with this tag; repeat to require more.'
+complete -c memos -n '__memos_using learn' -l since -x -d 'Only units whose time is at or after this (ISO 8601, \'7d ago\').'
+complete -c memos -n '__memos_using learn' -l until -x -d 'Only units whose time is before this.'
+complete -c memos -n '__memos_using learn' -l all -d 'Every active unit of the cube.'
+complete -c memos -n '__memos_using learn' -l cube -x -d 'The cube to learn from.'
+complete -c memos -n '__memos_using learn' -l model -x -d 'The chat model to learn for (default: [chat] model, else Gemma 3 270M).'
+complete -c memos -n '__memos_using learn' -l rank -x -d 'The adapter\'s rank.'
+complete -c memos -n '__memos_using learn' -l steps -x -d 'Training steps.'
+complete -c memos -n '__memos_using learn' -l layers -x -d 'Which of the last block\'s matrices learn (comma-separated: attn_output, ffn_gate, ffn_up, ffn_down).'
+complete -c memos -n '__memos_using learn' -l general -x -d 'General questions whose answers learning keeps as they were (fewer: faster, more changes elsewhere).'
+complete -c memos -n '__memos_using learn' -l variants -x -d 'Rephrasings of each question learned besides it ("Remind me, ...?"): answers that hold however a question is put.'
+complete -c memos -n '__memos_using learn' -l seed -x -d 'The same units, options and seed give the same adapter.'
+complete -c memos -n '__memos_using learn' -l eval -r -F -d 'Probe lines {"q", "a"} (answerable) and {"q"} (unrelated): report answers with and without the adapter; a leak fails the gate.'
+complete -c memos -n '__memos_using learn' -l disabled -d 'Save it, but do not enable it.'
+complete -c memos -n '__memos_using learn' -l force -d 'Enable it even if it fails its gate.'
+complete -c memos -n '__memos_using learn' -l replace -d 'Replace an adapter of the same name.'
+complete -c memos -n '__memos_using learn' -l json -d 'Print the result as JSON.'
+complete -c memos -n '__memos_using learn' -l help -s h -d 'Show this message and exit.'
+
 # memos list
 complete -c memos -n '__memos_using list' -l kind -x -d 'Only this kind.'
 complete -c memos -n '__memos_using list' -l tag -s t -x -d 'Only units with this tag; repeat to require more.'
@@ -184,6 +214,9 @@ complete -c memos -n '__memos_using log' -l cube -x -d 'Only operations on this 
 complete -c memos -n '__memos_using log' -l user -x -d 'Only this user\'s operations.'
 complete -c memos -n '__memos_using log' -l json -d 'Print JSON instead of text.'
 complete -c memos -n '__memos_using log' -l help -s h -d 'Show this message and exit.'
+
+# memos param
+complete -c memos -n '__memos_using param' -l help -s h -d 'Show this message and exit.'
 
 # memos pin
 complete -c memos -n '__memos_using pin' -l json -d 'Print JSON instead of text.'
@@ -223,6 +256,21 @@ complete -c memos -n '__memos_using show' -l help -s h -d 'Show this message and
 # memos stats
 complete -c memos -n '__memos_using stats' -l json -d 'Print JSON instead of text.'
 complete -c memos -n '__memos_using stats' -l help -s h -d 'Show this message and exit.'
+
+# memos steer
+complete -c memos -n '__memos_using steer' -l pos -r -F -d 'Texts to steer towards: one per line, or JSON lines with "text".'
+complete -c memos -n '__memos_using steer' -l neg -r -F -d 'Texts to steer away from, as --pos.'
+complete -c memos -n '__memos_using steer' -l pos-tag -x -d 'Instead of --pos: the memories with this tag.'
+complete -c memos -n '__memos_using steer' -l neg-tag -x -d 'Instead of --neg: the memories with this tag.'
+complete -c memos -n '__memos_using steer' -l cube -x -d 'The cube of the tagged memories, and of the vector.'
+complete -c memos -n '__memos_using steer' -l layers -x -d 'Layers to steer (default: the middle of the model, 4-11 of 18).'
+complete -c memos -n '__memos_using steer' -l strength -x -d 'The strength to save, instead of calibrating one (negative: towards --neg).'
+complete -c memos -n '__memos_using steer' -l probe -r -F -d 'Calibration questions: one per line, or JSON lines {"q", "a"} where "a" (optional) is what the answer must still say (default: six built-in questions).'
+complete -c memos -n '__memos_using steer' -l model -x -d 'The chat model (default: [chat] model in memos.toml, else Gemma 3 270M).'
+complete -c memos -n '__memos_using steer' -l replace -d 'Replace a parametric memory of this name.'
+complete -c memos -n '__memos_using steer' -l disabled -d 'Save it, but do not apply it in chat by default (`memos param enable NAME` later).'
+complete -c memos -n '__memos_using steer' -l json -d 'Print the record, calibration and timings as JSON.'
+complete -c memos -n '__memos_using steer' -l help -s h -d 'Show this message and exit.'
 
 # memos unpin
 complete -c memos -n '__memos_using unpin' -l json -d 'Print JSON instead of text.'

@@ -188,7 +188,8 @@ def build(store: MemoryStore, generator: Generator, cube: str, selection: Select
     text = head_text(units)
     tokens = generator.tokenize(text, head=True)
     check_fits(len(tokens), generator.n_ctx)
-    identity = {k: v for k, v in generator.identity.to_json().items() if k != "path"}
+    # "steering" only when vectors are applied: records made before it existed stay equal to new ones
+    identity = {k: v for k, v in generator.identity.to_json().items() if k != "path" and (k != "steering" or v)}
     started = time.perf_counter()
     kept = _prefill(store, generator, cube, selection, identity, tokens)
     state = generator.save_state()
@@ -256,7 +257,12 @@ def assess(store: MemoryStore, record: Activation, identity: ModelIdentity | Non
         return record
     if identity is not None and not record.matches(identity):
         record.status = "other model"
-        record.reason = f"built for {model_label(record.model)}"
+        same_model = record.model.get("sha256") == identity.sha256 and record.model.get("n_ctx") == identity.n_ctx
+        if same_model:  # only the steering vectors differ
+            record.reason = ("built without steering vectors, and this chat applies some" if identity.steering
+                             else "built under steering vectors that this chat does not apply")
+        else:
+            record.reason = f"built for {model_label(record.model)}"
         return record
     why = changed_sources(store, record.cube, record.selection, record.sources)
     if why:
@@ -296,6 +302,8 @@ def load(store: MemoryStore, record: Activation, generator: Generator, head_toke
     model = kv.meta.get("model") or {}
     if model.get("sha256") != generator.identity.sha256 or model.get("n_ctx") != generator.n_ctx:
         raise kvcache.CacheError(f"cache file {kv.sha256[:12]} was built for {model_label(model)}")
+    if model.get("steering", "") != generator.identity.steering:
+        raise kvcache.CacheError(f"cache file {kv.sha256[:12]} was built under other steering vectors")
     if kv.tokens != head_tokens:
         raise kvcache.CacheError(f"cache file {kv.sha256[:12]} holds other tokens than the memory block renders to now")
     try:

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from memos_cli.models.generator import Generator
+    from memos_cli.parametric.active import ParametricSet
     from memos_cli.store.store import MemoryStore
 
 DEFAULT_K = 8
@@ -60,6 +61,9 @@ class ChatOptions:
     rebuild: bool = False
     save: bool = True
     keep_head: bool = False  # keep the prefilled head's state for later turns (interactive sessions)
+    recall: bool = True  # False: no plaintext memory in the prompt (no memory block, nothing recalled)
+    params: dict[str, float | None] = field(default_factory=dict)  # --param NAME[=SCALE]
+    use_params: bool = True  # False (--no-param): no parametric memory at all
 
     def __post_init__(self) -> None:
         if not 1 <= self.k <= 100:
@@ -100,12 +104,14 @@ class Turn:
     timings: dict[str, float] = field(default_factory=dict)
     tokens: int = 0  # of the answer
     prompt_tokens: int = 0
+    parametric: list[dict[str, Any]] = field(default_factory=list)  # what each candidate did, and why
 
     def to_json(self) -> dict[str, Any]:
         return {
             "question": self.question,
             "answer": self.answer,
             "memories": [{"id": u.id, "text": u.text} for u in self.memories],
+            "parametric": self.parametric,
             "saved": self.saved,
             "tokens": self.tokens,
             "prompt_tokens": self.prompt_tokens,
@@ -128,7 +134,24 @@ class ChatSession:
         self._filters = Filters(**{**options.filters.__dict__, "cube": options.cube})
         self._state: np.ndarray | None = None
         self._fresh = False  # the head alone is in the context now
+        self.parametric = self._parametric()  # before the head: steering vectors change its KV state
         self.head = self._prepare()
+
+    def _parametric(self) -> ParametricSet | None:
+        from memos_cli.store import params
+
+        opts = self.options
+        if not opts.use_params:
+            if opts.params:
+                raise UsageError("--param and --no-param contradict each other")
+            return None
+        if not opts.params and not params.records(self.store, opts.cube):
+            return None
+        from memos_cli.parametric.active import ParametricSet
+
+        found = ParametricSet(self.store, self.generator, opts.cube, opts.params)
+        self.notices += found.notices
+        return found if found.members else None
 
     # ---- the head --------------------------------------------------------------
 
@@ -152,6 +175,13 @@ class ChatSession:
 
         opts, gen = self.options, self.generator
         started = time.perf_counter()
+        if not opts.recall:  # closed book: the instructions alone
+            tokens = gen.tokenize(prompt.head_text([]), head=True)
+            gen.prefill(tokens)
+            self._fresh = True
+            if opts.keep_head:
+                self._state = gen.save_state()
+            return Head("prefill", prompt.head_text([]), tokens, [], None, time.perf_counter() - started)
         chosen = self._choose()
         if chosen is not None:
             activation.assess(self.store, chosen, gen.identity)
@@ -199,6 +229,8 @@ class ChatSession:
     # ---- a turn ----------------------------------------------------------------------
 
     def _recall(self, question: str) -> list[MemoryUnit]:
+        if not self.options.recall:
+            return []
         skip = set(self.head.units)
         wanted = self.options.k
         hits = self.store.recall(question, min(1000, wanted + len(skip) + 2 * len(self.turns)), self._filters,
@@ -237,6 +269,10 @@ class ChatSession:
         self._reset_head()
         memories = self._recall(question)
         turn.timings["recall_s"] = time.perf_counter() - started
+        if self.parametric is not None:
+            routed = time.perf_counter()
+            turn.parametric = self.parametric.route(question)  # adapters touch the last block only:
+            turn.timings["route_s"] = time.perf_counter() - routed  # the head's KV state stays valid
         tokens, turn.memories = self._prompt(question, memories)
         turn.prompt_tokens = len(tokens)
         pieces: list[str] = []
@@ -268,7 +304,9 @@ class ChatSession:
             cube=self.options.cube,
             user=self.options.user,
             meta={"session": self.id, "turn": len(self.turns) + 1, "model": self.generator.identity.name,
-                  "recalled": [u.id for u in turn.memories]},
+                  "recalled": [u.id for u in turn.memories],
+                  **({"parametric": used} if (used := [p["name"] for p in turn.parametric if p.get("applied")])
+                     else {})},
         )
         return unit.id
 

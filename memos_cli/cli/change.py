@@ -257,6 +257,9 @@ def purge(
     print(f"  removed {report.blobs_removed} versions of them from history, rewriting it from the first of the "
           f"{report.commits_rewritten} commits that changed them; expired the reflogs and pruned unreachable objects")
     print(f"  rebuilt the search table ({report.table_rows} units)")
+    if report.params:
+        print(f"  removed the parametric memories learned from them, from the store and all history: "
+              f"{' '.join(report.params)}")
     for note in report.notes:
         print(f"  {note}")
     print("  clones, remotes and backups made before still have them: push with --force and purge them too")

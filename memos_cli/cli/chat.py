@@ -49,6 +49,15 @@ def chat(
                                            help="Use this activation memory (see `memos kv list`).")] = None,
     rebuild: Annotated[bool, typer.Option("--rebuild", help="Rebuild a stale activation memory before using it.")] = False,
     no_save: Annotated[bool, typer.Option("--no-save", help="Keep nothing: turns are not saved as episodes.")] = False,
+    no_recall: Annotated[bool, typer.Option("--no-recall", help="Closed book: no plaintext memory in the prompt "
+                                                               "(no memory block, nothing recalled).")] = False,
+    param: Annotated[list[str] | None, typer.Option("--param", metavar="NAME[=SCALE]",
+                                                    help="Use this parametric memory (repeatable; a disabled one "
+                                                         "too), at this scale; adapters are still routed.")] = None,
+    no_param: Annotated[bool, typer.Option("--no-param", help="Use no parametric memory.")] = False,
+    batch: Annotated[str | None, typer.Option("--batch", metavar="FILE|-",
+                                              help='Answer JSON lines {"q"} one JSON line each, loading the model '
+                                                   "once; each question on its own.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the answer, memories used and timings as JSON.")] = False,
 ) -> None:
     """Chat with a local model that recalls your memories; each turn is saved as an episode.
@@ -67,13 +76,28 @@ def chat(
       echo "summarise what I know about Lisbon" | memos chat --json
 
       memos chat "when is the deadline?" --cube work --temperature 0 --no-save
+
+      memos chat "what is my dog called?" --no-recall --param facts=0.8 --json
+
+      memos chat --batch questions.jsonl --temperature 0 --no-save > answers.jsonl
     """
     from memos_cli.chat.session import ChatOptions
+    from memos_cli.parametric.active import parse_param
 
+    named: dict[str, float | None] = {}
+    for spec in param or []:
+        key, scale = parse_param(spec)
+        named[key] = scale
+    if batch is not None:
+        if question:
+            raise UsageError("--batch reads the questions from its file; give no QUESTION with it")
+        lines = _batch_questions(batch)
     if question:
         text: str | None = " ".join(question)
         if not text.strip():
             raise UsageError("the question is empty")
+    elif batch is not None:
+        text = ""
     elif not sys.stdin.isatty():
         text = read_source("-", "question").strip()
         if not text:
@@ -85,9 +109,13 @@ def chat(
     filters = _filters(kind, tag, None, None, since, until)
     options = ChatOptions(cube=cube, user=user, filters=filters, k=k, budget=budget, temperature=temperature,
                           max_tokens=max_tokens, seed=seed, use_kv=not no_kv, kv_id=kv, rebuild=rebuild,
-                          save=not no_save, keep_head=text is None)
+                          save=not no_save, keep_head=text is None or batch is not None, recall=not no_recall,
+                          params=named, use_params=not no_param)
     started = time.perf_counter()
     session, model_load_s = _start(ctx, options, model, n_ctx)
+    if batch is not None:
+        _answer_batch(session, lines)
+        return
     if text is None:
         _interactive(session)
         return
@@ -106,6 +134,7 @@ def chat(
     print_json({
         "answer": turn.answer,
         "memories": [{"id": u.id, "text": u.text} for u in turn.memories],
+        "parametric": turn.parametric,
         "session": session.id,
         "saved": turn.saved,
         "head": session.head.to_json(),
@@ -114,6 +143,37 @@ def chat(
         "prompt_tokens": turn.prompt_tokens,
         "timings": {**{k: round(v, 4) for k, v in timings.items()}, **turn.to_json()["timings"]},
     })
+
+
+def _batch_questions(source: str) -> list[str]:
+    """The questions of a --batch file: JSON lines with "q" (or "question")."""
+    from .common import iter_json_lines
+
+    questions = []
+    for n, item in iter_json_lines(read_source(source, "batch")):
+        q = item.get("q", item.get("question")) if isinstance(item, dict) else None
+        if not isinstance(q, str) or not q.strip():
+            raise UsageError(f'{source}:{n}: no question ("q")')
+        questions.append(q.strip())
+    if not questions:
+        raise UsageError(f"{source} has no questions")
+    return questions
+
+
+def _answer_batch(session: Any, questions: list[str]) -> None:
+    """One JSON line per question, each asked on its own (no conversation between them)."""
+    import json
+
+    for question in questions:
+        session.history.clear()
+        for _piece in session.ask(question):
+            pass
+        turn = session.last
+        assert turn is not None
+        out = {"q": question, **turn.to_json()}
+        out.pop("question")
+        sys.stdout.write(json.dumps(out, ensure_ascii=False) + "\n")
+        sys.stdout.flush()
 
 
 def _start(ctx: typer.Context, options: Any, model: str | None, n_ctx: int | None) -> tuple[Any, float]:

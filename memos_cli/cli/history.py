@@ -105,15 +105,19 @@ def rollback(
     target = store.repo.resolve(rev)
     change = history.diff(store, target, "HEAD")  # from the target to now: what the rollback undoes
     affected = [c for c in change.changes if not c.usage_only]
-    if not change.changes:
+    if not change.changes and not change.params:
         raise UsageError(f"memory is already as it was at {target[:10]}; nothing to roll back")
     summary = (f"roll back to {target[:10]}: {change.count('added')} units removed, {change.count('removed')} restored, "
                f"{change.count('changed')} changed back")
-    confirm(summary, [(c.new or c.old).text for c in affected if (c.new or c.old)], yes, required=False)
+    if change.params:
+        summary += f", {len(change.params)} parametric memor{'y' if len(change.params) == 1 else 'ies'}"
+    confirm(summary, [(c.new or c.old).text for c in affected if (c.new or c.old)]
+            + [f"parametric memory {p.name}" for p in change.params], yes, required=False)
     result = store.rollback(target)
     say_notices(store)
     if json_out:
         print_json(result)
     else:
         print(f"rolled back to {target[:10]} in commit {(result['commit'] or '')[:10]}: "
-              f"{len(result['restored'])} units restored, {len(result['removed'])} removed")
+              f"{len(result['restored'])} units restored, {len(result['removed'])} removed"
+              + (f", parametric memories {' '.join(result['params'])}" if result.get("params") else ""))

@@ -12,6 +12,7 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -192,6 +193,8 @@ def diff_view(diff: Any, usage: bool = False) -> None:
     shown = [c for c in diff.changes if usage or not c.usage_only]
     head = (f"[bold]{diff.old[:10]}..{diff.new[:10]}[/bold]: {diff.count('added')} added, "
             f"{diff.count('removed')} removed, {diff.count('changed')} changed")
+    if diff.params:
+        head += f", {len(diff.params)} parametric memor{'y' if len(diff.params) == 1 else 'ies'}"
     if usage_only and not usage:
         head += f" [dim](and access counts of {len(usage_only)} units; --usage lists them)[/dim]"
     console.print(head, highlight=False)
@@ -216,6 +219,18 @@ def diff_view(diff: Any, usage: bool = False) -> None:
             if "text" in c.fields:
                 console.print("    text:")
                 _text_lines(c.text_diff(), "      ")
+    for p in diff.params:
+        record = p.new if p.new is not None else p.old
+        label = f"parametric memory {p.name} [{record.get('kind', '?')}]"
+        if p.change == "added":
+            console.print(f"[green]+ {safe(label)}[/green]", highlight=False)
+        elif p.change == "removed":
+            console.print(f"[red]- {safe(label)}[/red]", highlight=False)
+        else:
+            console.print(f"[yellow]~ {safe(label)}[/yellow]", highlight=False)
+            for name in p.fields:
+                console.print(f"    {name}: {printable(_value(p.old.get(name)))} -> {printable(_value(p.new.get(name)))}",
+                              markup=False, highlight=False)
 
 
 def versions_view(versions: list[Any]) -> None:
@@ -241,8 +256,9 @@ def check_view(report: Any) -> None:
         hint = " (memos check --repair fixes it)" if p.fixable and not p.fixed else ""
         console.print(f"{state} {safe(f'[{p.area}]')} {safe(p.message)}{hint}", highlight=False)
     if report.ok:
-        console.print(f"[green]ok[/green]: {report.units} units at {safe(str(report.head)[:10])}, the search table "
-                      f"({report.rows} rows), embeddings and indexes are in step", highlight=False)
+        learned = f" and {report.params} parametric memories" if report.params else ""
+        console.print(f"[green]ok[/green]: {report.units} units{learned} at {safe(str(report.head)[:10])}, the search "
+                      f"table ({report.rows} rows), embeddings and indexes are in step", highlight=False)
 
 
 _KV_STATUS_STYLE = {"current": "green", "stale": "yellow", "missing": "red", "other model": "yellow"}
@@ -308,6 +324,69 @@ def consolidate_view(report: Any) -> None:
         console.print(table)
     for line in report.maintenance:
         console.print(f"[dim]{safe(line)}[/dim]")
+    for p in report.parametric:
+        hint = (f"; `memos learn {p['name']} ... --replace` or [consolidate.parametric] relearn = true"
+                if p["action"] == "reported" and p["kind"] == "lora" else "")
+        console.print(f"parametric memory {safe(p['name'])} is {safe(p['status'])} ({safe(p['reason'])}): "
+                      f"{safe(p['action'])}{safe(hint)}")
     commit = f" (commit {report.commit[:10]})" if report.commit else ""
     mode = f" ({report.mode}: only what changed since the last run)" if report.mode == "incremental" else ""
     console.print(f"{safe(report.summary())}{commit} in {report.seconds:.1f}s{mode}")
+
+
+_PARAM_STATUS_STYLE = {"current": "green", "stale": "yellow", "other model": "yellow"}
+_PARAM_WIDTHS = {"kind": 5, "on": 3, "scale": 5, "status": 11, "units": 5, "size": 7, "created": 10}  # the name gives way
+
+
+def _param_status(status: str, reason: str) -> str:
+    style = _PARAM_STATUS_STYLE.get(status, "")
+    shown = f"[{style}]{safe(status)}[/{style}]" if style else safe(status)
+    return shown + (f" [dim]({safe(reason)})[/dim]" if reason and status != "current" else "")
+
+
+def param_table(rows: list[dict[str, Any]]) -> None:
+    """``memos param list``: rows as ``param list --json`` gives them."""
+    if not rows:
+        console.print("[dim]no parametric memories; make one with `memos learn NAME` or `memos steer NAME`[/dim]")
+        return
+    # Light borders, so that the columns fit 80 characters; `param show` has the cube, the model and the rest.
+    table = Table(header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("name", "kind", "on", "scale", "status", "units", "size", "created"):
+        table.add_column(col, overflow="fold" if col == "name" else "ellipsis", no_wrap=col != "name",
+                         min_width=_PARAM_WIDTHS.get(col),
+                         justify="right" if col in ("scale", "units", "size") else "left")
+    for r in rows:
+        size = "missing" if r["bytes"] is None else human_bytes(r["bytes"])
+        table.add_row(safe(r["name"]), safe(r["kind"]), "yes" if r["enabled"] else "no",
+                      f"{r['scale']:g}", _param_status(r["status"], ""), str(len(r["sources"])), size,
+                      _short_time(r["created_at"]))
+    console.print(table)
+    for r in rows:  # why, below the table: a reason is too long for a cell
+        if r["reason"] and r["status"] != "current":
+            console.print(f"[dim]{safe(r['name'])}: {safe(r['status'])}: {safe(r['reason'])}[/dim]", highlight=False)
+
+
+def param_detail(row: dict[str, Any]) -> None:
+    """``memos param show``: every field of the record, the blob's size and the status."""
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold cyan", no_wrap=True)
+    table.add_column(overflow="fold")
+    model = row["model"]
+    for key, value in row.items():
+        if key in ("model", "sources", "reason"):
+            continue
+        if key == "status":
+            table.add_row(key, _param_status(value, row["reason"]))
+        elif key == "bytes":
+            table.add_row("size", "missing" if value is None else f"{human_bytes(value)} ({value} bytes)")
+        elif key == "created_at":
+            table.add_row(key, local_time(value))
+        elif value is None or value in ({}, ""):
+            continue
+        else:
+            table.add_row(key, safe(_value(value)))
+    table.add_row("model", safe(f"{model.get('name') or '?'} ({model.get('arch') or '?'}, {model.get('n_layer')} layers, "
+                                f"width {model.get('n_embd')}), sha256 {model.get('sha256')}"))
+    sources = row["sources"]
+    table.add_row("sources", safe(", ".join(f"{s['id']} v{s['version']}" for s in sources)) if sources else "[dim]none[/dim]")
+    console.print(table)

@@ -28,7 +28,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,10 @@ class ModelIdentity:
     arch: str
     n_ctx: int
     path: str
+    # The steering vectors applied (a digest of them and their strengths; "" for none): they change
+    # every layer's hidden states, so the KV state too. LoRA adapters, which memos learns on the
+    # last block only, change nothing the KV state holds, and are not part of it.
+    steering: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -183,6 +187,9 @@ class Generator:
         bos_text = llm._model.token_get_text(bos) if bos >= 0 else ""
         eos_text = llm._model.token_get_text(eos) if eos >= 0 else ""
         self.format = PromptFormat(meta.get("tokenizer.chat_template"), bos_text, eos_text)
+        self.n_layer = int(self._lib.llama_model_n_layer(llm.model))
+        self.n_embd = int(self._lib.llama_model_n_embd(llm.model))
+        self._adapters: list[Any] = []  # LoraAdapter, freed with the model
 
     # ---- tokens ------------------------------------------------------------
 
@@ -197,6 +204,15 @@ class Generator:
 
     def count(self, text: str) -> int:
         return len(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+
+    def eos_token(self) -> int:
+        return int(self._llm.token_eos())
+
+    def greedy_many(self, prompts: list[list[int]], max_tokens: int) -> list[list[int]]:
+        """Each prompt's greedy continuation (plain argmax), decoded side by side in a second context."""
+        from memos_cli.models.batch import greedy_many
+
+        return greedy_many(self._lib, self._llm.model, prompts, max_tokens, n_threads=default_threads())
 
     def detokenize(self, tokens: list[int]) -> str:
         return self._llm.detokenize(tokens).decode("utf-8", errors="replace")
@@ -266,6 +282,50 @@ class Generator:
         self._llm.input_ids[: len(tokens)] = tokens
         self._llm.n_tokens = len(tokens)
 
+    # ---- parametric memory ---------------------------------------------------------
+
+    def load_lora(self, tensors: dict[str, np.ndarray], alpha: float, name: str) -> Any:
+        """Load a LoRA adapter (not yet active: see ``use_loras``)."""
+        from memos_cli.models.adapters import LoraAdapter
+
+        adapter = LoraAdapter(self._lib, self._llm.model, self.identity.arch, alpha, tensors, name)
+        self._adapters.append(adapter)
+        return adapter
+
+    @property
+    def lib(self) -> Any:
+        return self._lib
+
+    def free_lora(self, adapter: Any) -> None:
+        if adapter in self._adapters:
+            self._adapters.remove(adapter)
+        adapter.close()
+
+    def use_loras(self, adapters: list[tuple[Any, float]]) -> None:
+        """Make exactly these (adapter, scale) pairs active for what is evaluated next."""
+        from memos_cli.models.adapters import set_loras
+
+        set_loras(self._lib, self._ctx(), adapters)
+
+    def set_steering(self, vector: np.ndarray | None, digest: str = "") -> None:
+        """Add ``vector`` ((n_layer - 1, n_embd)) to the hidden states from now on (None: stop).
+        ``digest`` names it in the identity that KV states are saved under. The evaluated
+        tokens no longer match it, so the context is cleared."""
+        from memos_cli.models.adapters import set_control
+
+        set_control(self._lib, self._ctx(), vector, self.n_embd)
+        self.identity = replace(self.identity, steering=digest if vector is not None else "")
+        self._llm.reset()  # forget the evaluated tokens; the cells' data need not be zeroed (2-20 ms)
+        memory = self._lib.llama_get_memory(self._ctx())
+        if memory is not None:
+            self._lib.llama_memory_clear(memory, False)
+
+    def capture(self, names: dict[str, int], n_ctx: int, n_seq: int = 1) -> Any:
+        """A second context on these weights that reads hidden states (``models.hidden.Capture``)."""
+        from memos_cli.models.hidden import Capture
+
+        return Capture(self._lib, self._llm.model, names, n_ctx=n_ctx, n_threads=default_threads(), n_seq=n_seq)
+
     # ---- generation ------------------------------------------------------------
 
     def stream(
@@ -324,6 +384,8 @@ class Generator:
             yield pending
 
     def close(self) -> None:
+        for adapter in getattr(self, "_adapters", []):
+            adapter.ptr = None  # llama.cpp frees a model's adapters with it
         llm = getattr(self, "_llm", None)
         if llm is not None:
             llm.close()

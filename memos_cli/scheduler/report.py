@@ -54,6 +54,7 @@ class Report:
     judged: int = 0  # pairs the LLM judge of superseded facts asked the chat model about
     remembered: int = 0  # pairs it did not ask again: their verdict was kept from an earlier run
     scopes: dict[str, Scope] = field(default_factory=dict)  # what the plan of each cube read
+    parametric: list[dict[str, Any]] = field(default_factory=list)  # stale parametric memories, and what was done
 
     @property
     def commit(self) -> str | None:
@@ -108,6 +109,7 @@ class Report:
             "mode": self.mode,
             "scope": {cube: scope.to_json() for cube, scope in self.scopes.items()},
             "judge": {"asked": self.judged, "remembered": self.remembered},
+            "parametric": self.parametric,
         }
 
     @property

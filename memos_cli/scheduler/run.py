@@ -14,6 +14,7 @@ from memos_cli.lock import StoreLock
 from memos_cli.plaintext.units import iso, utcnow
 from memos_cli.scheduler.apply import apply_plan, compact_after, promote
 from memos_cli.scheduler.model import ModelSlot
+from memos_cli.scheduler.parametric import review
 from memos_cli.scheduler.plan import Planner, plan_heat, projected_hot_set
 from memos_cli.scheduler.report import HEAT_ACTIONS, Report, leaving
 from memos_cli.scheduler.scope import (
@@ -100,6 +101,7 @@ def consolidate(store: MemoryStore, *, cube: str | None = None, dry_run: bool = 
                         report.actions += plan_heat(store, name, projected_hot_set(store, name, policy, now, gone),
                                                     top, identity)
                 report.timed("heat", since)
+                review(store, policy, report, chosen, models, _model_identity(store), dry_run=True)
                 return report
             say("applying")
             since = time.perf_counter()
@@ -119,6 +121,9 @@ def consolidate(store: MemoryStore, *, cube: str | None = None, dry_run: bool = 
                     report.actions += plan_heat(store, name, hot, top, identity)
                 promote(store, report, models)
             report.timed("heat", since)
+            since = time.perf_counter()
+            review(store, policy, report, chosen, models, identity or _model_identity(store), dry_run=False)
+            report.timed("parametric", since)
             if policy.compaction.enabled:
                 say("compacting")
                 since = time.perf_counter()
@@ -197,6 +202,18 @@ def _identity(store: MemoryStore, policy: ConsolidatePolicy, report: Report) -> 
         return identify(spec, size)
     except MemosError as exc:
         report.skipped.append(f"heat: the activation memories were not rebuilt: {exc}")
+        return None
+
+
+def _model_identity(store: MemoryStore) -> Any:
+    """The chat model's identity (None when it cannot be found): which adapters are for it."""
+    from memos_cli.chat.session import chat_settings
+    from memos_cli.models.generator import identify
+
+    spec, size = chat_settings(store, None, None)
+    try:
+        return identify(spec, size)
+    except MemosError:
         return None
 
 

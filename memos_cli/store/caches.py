@@ -110,11 +110,13 @@ class Activation:
         return out
 
     def matches(self, identity: ModelIdentity) -> bool:
-        return self.model.get("sha256") == identity.sha256 and self.model.get("n_ctx") == identity.n_ctx
+        return (self.model.get("sha256") == identity.sha256 and self.model.get("n_ctx") == identity.n_ctx
+                and self.model.get("steering", "") == identity.steering)
 
 
 def model_label(model: dict[str, Any]) -> str:
-    return f"{model.get('name', '?')} {str(model.get('sha256', ''))[:8]}, ctx {model.get('n_ctx', '?')}"
+    steering = f", steering {str(model['steering'])[:8]}" if model.get("steering") else ""
+    return f"{model.get('name', '?')} {str(model.get('sha256', ''))[:8]}, ctx {model.get('n_ctx', '?')}{steering}"
 
 
 # ---- the records table --------------------------------------------------------

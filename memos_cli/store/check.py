@@ -14,6 +14,10 @@ What is checked, in order:
 - the full-text index exists;
 - activation memory: every record's cache file exists and hashes to its
   name, and no cache file is orphaned;
+- parametric memory: every record under ``params/`` parses, and its blob
+  exists, hashes to its name and holds what the record says
+  (``params.verify_blob``); no blob is orphaned. Reported, never repaired:
+  they are committed memory (`memos param rm NAME` removes one);
 - privacy: no file or directory of the store (``.git`` and the tables
   included) can be read, written or entered by group or others: memos
   makes them 0600 and 0700, and a ``chmod`` or a copy may have opened them.
@@ -39,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from memos_cli.errors import MemosError
 from memos_cli.plaintext import files
+from memos_cli.store import params
 
 if TYPE_CHECKING:
     from memos_cli.store.store import MemoryStore
@@ -46,7 +51,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class Problem:
-    area: str  # git, units, table, embeddings, index, kv, privacy
+    area: str  # git, units, params, table, embeddings, index, kv, privacy
     message: str
     fixable: bool
     fixed: bool = False
@@ -60,6 +65,7 @@ class CheckReport:
     store: str
     head: str | None = None
     units: int = 0
+    params: int = 0  # parametric memories' records read
     rows: int = 0
     problems: list[Problem] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)
@@ -73,8 +79,8 @@ class CheckReport:
         return all(p.fixed for p in self.problems)
 
     def to_json(self) -> dict[str, Any]:
-        return {"store": self.store, "ok": self.ok, "head": self.head, "units": self.units, "rows": self.rows,
-                "problems": [p.to_json() for p in self.problems], "repaired": self.repaired}
+        return {"store": self.store, "ok": self.ok, "head": self.head, "units": self.units, "params": self.params,
+                "rows": self.rows, "problems": [p.to_json() for p in self.problems], "repaired": self.repaired}
 
 
 def check(store: MemoryStore, repair: bool = False) -> CheckReport:
@@ -192,8 +198,8 @@ def _inspect(store: MemoryStore, report: CheckReport) -> None:
     if store._journal.exists():
         report.problems.append(Problem("git", "a write was interrupted; `memos check --repair` (or any write) undoes it",
                                        True))
-    dirty = repo.dirty(files.UNITS_DIR, "memos.toml", ".gitignore")
-    temps = [line[3:] for line in dirty if line.startswith("?? ") and files.is_temp(line[3:])]
+    dirty = repo.dirty(files.UNITS_DIR, params.PARAMS_DIR, "memos.toml", ".gitignore")
+    temps = [line[3:] for line in dirty if line.startswith("?? ") and (files.is_temp(line[3:]) or params.is_temp(line[3:]))]
     dirty = [line for line in dirty if line[3:] not in temps]
     if temps:
         report.temp_files = temps
@@ -218,6 +224,11 @@ def _inspect(store: MemoryStore, report: CheckReport) -> None:
         except MemosError as exc:
             report.problems.append(Problem("units", f"{exc}; fix or remove the file and commit", False))
     report.units = len(units)
+
+    # Parametric memory: committed like the unit files, so reported, never "repaired".
+    report.params, found = params.inspect(store)
+    for message in found:
+        report.problems.append(Problem("params", message, False))
 
     # The table.
     table = store.table

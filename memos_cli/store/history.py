@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 from memos_cli.errors import NotFoundError, UsageError
 from memos_cli.plaintext import files
 from memos_cli.plaintext.units import MemoryUnit, is_unit_id
+from memos_cli.store import params
+from memos_cli.store.params import ParamChange
 from memos_cli.store.repo import EMPTY_TREE, Commit
 
 if TYPE_CHECKING:
@@ -83,6 +85,7 @@ class Diff:
     old: str  # commit ids (the empty tree before the first commit)
     new: str
     changes: list[UnitChange]
+    params: list[ParamChange] = field(default_factory=list)  # parametric memories' records
 
     def count(self, change: str) -> int:
         return sum(1 for c in self.changes if c.change == change and not c.usage_only)
@@ -96,11 +99,12 @@ class Diff:
             "changed": self.count("changed"),
             "usage_updated": sum(1 for c in self.changes if c.usage_only),
             "units": [c.to_json() for c in self.changes],
+            "params": [c.to_json() for c in self.params],
         }
 
 
 def diff(store: MemoryStore, old: str | None = None, new: str | None = None) -> Diff:
-    """Units added, removed and changed from ``old`` to ``new``.
+    """Units (and parametric memories' records) added, removed and changed from ``old`` to ``new``.
 
     No revision: what the last commit did. One: from it to HEAD.
     """
@@ -129,7 +133,7 @@ def diff(store: MemoryStore, old: str | None = None, new: str | None = None) -> 
             fields = changed_fields(a, b)
             if fields:
                 changes.append(UnitChange(uid, "changed", a, b, fields))
-    return Diff(old_sha, new_sha, changes)
+    return Diff(old_sha, new_sha, changes, params.changes(store, old_sha, new_sha))
 
 
 _COMPARED = [f.name for f in dataclasses.fields(MemoryUnit) if f.name not in ("vector", "model")]

@@ -286,8 +286,17 @@ class CompactionPolicy(_Table):
     enabled: bool = setting(True, "merge table fragments and repack git after the other steps", boolean())
 
 
+@dataclass(frozen=True)
+class ParametricPolicy(_Table):
+    """Parametric memory (LoRA adapters) whose source units changed since they were learned."""
+
+    NAME: ClassVar[str] = "parametric"
+    relearn: bool = setting(False, "learn stale adapters again from their source units as they are now "
+                                   "(minutes each; off by default: they are reported)", boolean())
+
+
 _TABLES: dict[str, type[_Table]] = {t.NAME: t for t in (DuplicatesPolicy, SupersededPolicy, ExpiryPolicy, HeatPolicy,
-                                                        EpisodesPolicy, CompactionPolicy)}
+                                                        EpisodesPolicy, ParametricPolicy, CompactionPolicy)}
 
 
 @dataclass(frozen=True)
@@ -307,6 +316,7 @@ class ConsolidatePolicy:
     expiry: ExpiryPolicy = field(default_factory=ExpiryPolicy)
     heat: HeatPolicy = field(default_factory=HeatPolicy)
     episodes: EpisodesPolicy = field(default_factory=EpisodesPolicy)
+    parametric: ParametricPolicy = field(default_factory=ParametricPolicy)
     compaction: CompactionPolicy = field(default_factory=CompactionPolicy)
 
     @classmethod

@@ -15,6 +15,13 @@ forgotten). Under the store's lock, for each unit:
 4. every reflog is expired and ``git gc --prune=now`` deletes the
    unreachable objects, loose and packed.
 
+Parametric memory learned from the units goes with them: every record
+(``params/NAME.json``) whose sources, or whose blob's metadata, name a purged
+unit is removed with its blob in the purge's commit (with any other record
+sharing that blob), and in step 3 every version of such a record (by git
+object id: the versions of that name learned from other units stay) and
+every such blob file are dropped from history.
+
 Before step 1 the purge also removes what memos keeps beside git that may
 hold the text: the activation memories built from the units (``tables/kv``)
 and the ``memos chat`` line history (``.git/memos/chat_history``, cleared as a
@@ -50,7 +57,7 @@ from typing import TYPE_CHECKING, Any
 from memos_cli.errors import MemosError, NotFoundError, StoreError, UsageError
 from memos_cli.plaintext import files
 from memos_cli.plaintext.units import default_user, is_unit_id, iso, utcnow
-from memos_cli.store import killpoint
+from memos_cli.store import killpoint, params
 
 if TYPE_CHECKING:
     from memos_cli.store.store import MemoryStore
@@ -86,6 +93,7 @@ class PurgeReport:
     blobs_removed: int = 0
     table_rows: int = 0  # rows of the rebuilt table
     caches: list[str] = field(default_factory=list)  # activation memories removed with the units
+    params: list[str] = field(default_factory=list)  # parametric memories learned from them, removed from the store
     head: str = ""
     notes: list[str] = field(default_factory=list)
 
@@ -97,6 +105,7 @@ class PurgeReport:
             "blobs_removed": self.blobs_removed,
             "table_rows": self.table_rows,
             "caches": self.caches,
+            "params": self.params,
             "head": self.head,
             "notes": self.notes,
         }
@@ -136,6 +145,7 @@ def purge(store: MemoryStore, ids: list[str], *, in_history: bool = False) -> Pu
             journal = True
             killpoint.reached("purge.started")
             store.drop(txn, report.in_store)
+            report.params = params.drop_for_units(store, set(report.ids), txn)
             _scrub_beside_git(store, report, paths)
             txn.after_commit.append(lambda: _finish(store, paths, report))
     except BaseException:
@@ -167,9 +177,10 @@ def resume(store: MemoryStore) -> bool:
         return True
     paths = [files.unit_path(u) for u in ids]
     report = PurgeReport(ids=ids, in_store=[str(u) for u in info.get("in_store", [])])
+    report.params, param_paths = params.find_for_units(store, set(ids))
     head = store.repo.head()
     # The store's journal, kept until the end: a kill on the way brings the next command back here.
-    files.write_private(store._journal_files, "".join(p + "\n" for p in paths).encode())
+    files.write_private(store._journal_files, "".join(p + "\n" for p in paths + param_paths).encode())
     files.write_private(store._journal, json.dumps({"op": "purge", "head": head, "pid": os.getpid(),
                                                     "started": iso(utcnow())}).encode())
     # Only the purge's commit, then its rewrite, move HEAD under the lock (a file still in HEAD: a commit
@@ -178,6 +189,8 @@ def resume(store: MemoryStore) -> bool:
         store.repo.probe(["cat-file", "-e", f"HEAD:{p}"]).returncode == 0 for p in paths)
     for uid in ids:
         files.remove(store.root, uid)
+    for rel in param_paths:
+        (store.root / rel).unlink(missing_ok=True)
     _scrub_beside_git(store, report, paths)
     if not committed:
         from memos_cli.store.commit import Transaction
@@ -185,7 +198,7 @@ def resume(store: MemoryStore) -> bool:
         txn = Transaction(op="purge", cube="*", user=str(info.get("user") or default_user()), ids=ids,
                           summary=_summary(len(ids)), allow_empty=True)
         killpoint.reached("written")
-        store.repo.commit(paths, txn.message(), txn.user, allow_empty=True)
+        store.repo.commit(paths + param_paths, txn.message(), txn.user, allow_empty=True)
         killpoint.reached("committed")
     _finish(store, paths, report)
     store._drop_journal()
@@ -263,14 +276,21 @@ def _rewrite_history(store: MemoryStore, paths: list[str], report: PurgeReport) 
     if repo.run(["log", "--all", "--format=%H", "-n1", "--", "tables"]).strip():
         drop.append("tables/")
         report.notes.append("dropped the schema-1 LanceDB files from history, as they held the text too")
-    touched = repo.run(["log", "--all", "--format=%H", "--", *drop]).split()
+    # Parametric memory learned from the units: its blob files by path, its records' versions by object id.
+    learned = params.history_drops(store, set(report.ids))
+    drop += learned.paths
+    earlier = sorted(set(learned.names) - set(report.params))
+    if earlier:
+        report.notes.append("dropped from history the earlier versions of parametric memories learned from them: "
+                            + " ".join(earlier))
+    touched = set(repo.run(["log", "--all", "--format=%H", "--", *drop]).split()) | learned.commits
     blobs = {line.split()[3] for line in repo.run(["log", "--all", "--format=", "--raw", "--no-abbrev", "--", *drop])
-             .splitlines() if line.startswith(":")}
+             .splitlines() if line.startswith(":")} | learned.objects
     blobs.discard("0" * 40)
-    report.commits_rewritten = len(set(touched))
+    report.commits_rewritten = len(touched)
     report.blobs_removed = len(blobs)
     if touched:  # none when an interrupted purge being finished had rewritten history already
-        _filter_repo(store, drop)
+        _filter_repo(store, drop, learned.strip)
     killpoint.reached("purge.rewritten")
     repo.run(["reflog", "expire", "--expire=now", "--expire-unreachable=now", "--all"])
     repo.gc(prune=True)
@@ -278,14 +298,22 @@ def _rewrite_history(store: MemoryStore, paths: list[str], report: PurgeReport) 
     store.table.mark(repo.head())
 
 
-def _filter_repo(store: MemoryStore, drop: list[str]) -> None:
+def _filter_repo(store: MemoryStore, drop: list[str], strip: list[str] | None = None) -> None:
+    """Drop these paths, and the git blob objects ``strip``, from every commit."""
     repo = store.repo
     git_dir = repo.git_dir
     args = [sys.executable, "-m", "git_filter_repo", "--quiet", "--force", "--partial", "--invert-paths",
             "--prune-empty", "never", "--prune-degenerate", "never", "--replace-refs", "delete-no-add"]
     for path in drop:
         args += ["--path", path]
-    proc = subprocess.run(args, cwd=store.root, capture_output=True, text=True)
+    strip_file = store.state_dir / "purge-strip.txt"
+    if strip:
+        files.write_private(strip_file, "".join(obj + "\n" for obj in strip).encode())
+        args += ["--strip-blobs-with-ids", str(strip_file)]
+    try:
+        proc = subprocess.run(args, cwd=store.root, capture_output=True, text=True)
+    finally:
+        strip_file.unlink(missing_ok=True)
     if proc.returncode != 0:
         raise StoreError(f"git filter-repo failed: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
     shutil.rmtree(git_dir / "filter-repo", ignore_errors=True)  # its maps of old commit ids

@@ -9,7 +9,7 @@ from typing import Any
 from memos_cli.errors import StoreError, UsageError
 from memos_cli.plaintext import files
 from memos_cli.plaintext.units import MemoryUnit, build_unit, utcnow
-from memos_cli.store import layout
+from memos_cli.store import layout, params
 from memos_cli.store.config import CONFIG_NAME, StoreConfig
 from memos_cli.store.policy import toml_literal
 
@@ -155,7 +155,8 @@ class Writes:
         return units
 
     def rollback(self, rev: str) -> dict[str, Any]:
-        """A new commit that puts every unit back as it was at ``rev``; history is kept."""
+        """A new commit that puts every unit, and every parametric memory, back as it was at ``rev``;
+        history is kept."""
         from memos_cli.store.follow import attach_vectors
 
         target = self.repo.resolve(rev)
@@ -178,10 +179,15 @@ class Writes:
             self._refuse_hand_edited(remove)  # save() checks the others
             self.save(txn, units)
             self.drop(txn, remove)
+            learned = params.restore_at(self, txn, target)  # parametric memory is memory too
             txn.ids = [u.id for u in units] + remove
             txn.summary = f"to {target[:10]}, {len(txn.ids)} units changed"
+            if learned:
+                txn.summary += f", {len(learned)} parametric memor{'y' if len(learned) == 1 else 'ies'}"
+                txn.details.append("parametric memories: " + " ".join(learned))
             txn.trailers["Memos-Target"] = target
-        return {"target": target, "commit": txn.commit, "restored": [u.id for u in units], "removed": remove}
+        return {"target": target, "commit": txn.commit, "restored": [u.id for u in units], "removed": remove,
+                "params": learned}
 
     def set_config(self, key: str, value: Any = None, *, unset: bool = False) -> dict[str, Any]:
         """Set one setting of memos.toml (``unset``: back to its default) in one commit (op ``config``).
