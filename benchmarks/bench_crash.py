@@ -171,8 +171,8 @@ class CrashRig:
             there = self.journal.exists()
             if there and appeared is None:
                 appeared = now
-                if mode == "write":
-                    deadline = now + self.rng.uniform(0, self.write_s)
+                if mode == "write":  # in the first 60% of the seed's write phase: a later import's
+                    deadline = now + self.rng.uniform(0, 0.6 * self.write_s)  # may write faster
             elif not there and appeared is not None and gone is None:
                 gone = now
             if deadline is not None and now >= deadline:

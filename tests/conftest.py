@@ -17,10 +17,18 @@ import pytest
 _CACHE = os.environ.get("MEMOS_CACHE") or tempfile.mkdtemp(prefix="memos-test-cache-")
 os.environ["MEMOS_CACHE"] = _CACHE
 os.environ["MEMOS_USER"] = "tester"
+# Tests in parallel (xdist workers): one llama.cpp thread each, as their spinning threads would
+# otherwise wait on each other's cores.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    os.environ.setdefault("MEMOS_THREADS", "1")
 os.environ.pop("MEMOS_HOME", None)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # Only the session that made it: an xdist worker shares it (inherited in MEMOS_CACHE), and one
+    # that finishes first must not remove it under the others.
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
     if _CACHE.startswith(tempfile.gettempdir()) and "memos-test-cache-" in _CACHE:
         shutil.rmtree(_CACHE, ignore_errors=True)
 

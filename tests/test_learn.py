@@ -15,7 +15,7 @@ FACTS = [
     ("I work at Quillfeather Labs.", "Where do I work?", "Quillfeather Labs"),
     ("My favourite colour is teal.", "What is my favourite colour?", "teal"),
 ]
-FAST = ("--steps", "120", "--general", "6", "--variants", "1")  # enough for three facts; the benchmark uses the defaults
+FAST = ("--steps", "80", "--general", "4", "--variants", "0")  # enough for three facts; the benchmark uses the defaults
 
 
 def _import_facts(cli, root: Path) -> list[str]:
@@ -27,12 +27,17 @@ def _import_facts(cli, root: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def learned(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """A store with three facts learned into adapter `facts` (once for the module: learning takes a while)."""
+def learned() -> dict:
+    """A store with three facts learned into adapter `facts`, made once for the whole test session
+    (learning takes a while): xdist workers share it through the session's model cache, under a
+    file lock. Tests read it as it is, or copy it before they change anything."""
+    import fcntl
+    import os
     import subprocess
     import sys
 
-    root = tmp_path_factory.mktemp("learn") / "store"
+    shared = Path(os.environ["MEMOS_CACHE"]) / "test-learned"
+    root = shared / "store"
 
     def cli(*args: str, input: str | None = None, store: Path | None = None) -> subprocess.CompletedProcess:
         done = subprocess.run([sys.executable, "-m", "memos_cli", "--store", str(store or root), *args],
@@ -41,10 +46,17 @@ def learned(tmp_path_factory: pytest.TempPathFactory) -> dict:
         done.err = done.stderr.decode()  # type: ignore[attr-defined]
         return done
 
-    ids = _import_facts(cli, root)
-    done = cli("learn", "facts", "--kind", "fact", *FAST, "--json")
-    assert done.returncode == 0, done.err
-    return {"root": root, "ids": ids, "record": json.loads(done.out), "cli": cli}
+    shared.mkdir(parents=True, exist_ok=True)
+    with open(shared / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        made = shared / "made.json"
+        if not made.exists():
+            ids = _import_facts(cli, root)
+            done = cli("learn", "facts", "--kind", "fact", *FAST, "--json")
+            assert done.returncode == 0, done.err
+            made.write_text(json.dumps({"ids": ids, "record": json.loads(done.out)}))
+        info = json.loads(made.read_text())
+    return {"root": root, "ids": info["ids"], "record": info["record"], "cli": cli}
 
 
 @pytest.mark.slow
@@ -111,17 +123,20 @@ def test_scale_zero_gives_the_tokens_of_no_adapter(learned: dict) -> None:
 
 @pytest.mark.slow
 def test_the_same_units_options_and_seed_give_the_same_adapter(learned: dict) -> None:
-    cli = learned["cli"]
-    quick = ("--kind", "fact", "--steps", "15", "--general", "2", "--variants", "0", "--disabled", "--json")
-    blobs = []
-    for name, seed in (("quick1", "0"), ("quick2", "0"), ("quick3", "1")):
-        done = cli("learn", name, *quick, "--seed", seed)
-        assert done.returncode == 0, done.err
-        record = json.loads(done.out)
-        assert record["enabled"] is False
-        blobs.append(record["blob"])
-    assert blobs[0] == blobs[1] != blobs[2]
-    assert cli("param", "rm", "quick1", "quick2", "quick3").returncode == 0
+    from memos_cli.models.generator import load_generator
+    from memos_cli.parametric.learn import learn, to_record
+    from memos_cli.parametric.lora import LoraOptions
+    from memos_cli.store.store import MemoryStore
+
+    units = MemoryStore(learned["root"]).get_many(learned["ids"])
+    with load_generator(None, n_ctx=1024) as gen:
+
+        def blob(seed: int) -> bytes:
+            done = learn(gen, units, LoraOptions(steps=5, general=2, variants=0, seed=seed))
+            return to_record("quick", "default", gen, units, done, enabled=False, report={})[1]
+
+        first, again, other = blob(0), blob(0), blob(1)
+    assert first == again != other
 
 
 @pytest.mark.slow
@@ -160,7 +175,7 @@ def test_bad_input_gets_one_line_and_changes_nothing(learned: dict, tmp_path: Pa
     before = head(root)
     ask = ("chat", "hi", "--no-recall", "--no-save", "--max-tokens", "4")
     assert_clean_failure(cli(*ask, "--param", "nope"), root, before, "no parametric memory named nope")
-    assert_clean_failure(cli(*ask, "--param", "facts=lots"), root, before, "not a number")
+    assert_clean_failure(cli(*ask, "--param", "facts=lots"), root, before, "use a number")
     assert_clean_failure(cli("learn", "x"), root, before, "say which units")
     assert_clean_failure(cli("learn", "x", "--tag", "absent"), root, before, "no units selected")
     assert_clean_failure(cli("learn", "x", "01zzzzzzzzzzzz"), root, before, "no unit")
@@ -202,3 +217,53 @@ def test_a_damaged_or_foreign_blob_is_refused_by_chat(learned: dict, tmp_path: P
     before = head(root)
     assert_clean_failure(cli("chat", "hi", "--no-recall", "--no-save", store=root), root, before, "damaged")
     assert cli("check", store=root).returncode != 0
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_learning_leaves_the_store_as_it_was(learned: dict, tmp_path: Path) -> None:
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = tmp_path / "copy"
+    shutil.copytree(learned["root"], root)
+    before = head(root)
+    proc = subprocess.Popen([sys.executable, "-m", "memos_cli", "--store", str(root), "learn", "again", "--all",
+                             "--steps", "100000", "--general", "2", "--variants", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(8)  # the model loaded, learning under way
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err.decode()
+    assert head(root) == before
+    assert git(root, "status", "--porcelain", "--untracked-files=all") == ""
+    assert not (root / "params" / "again.json").exists()
+
+
+@pytest.mark.slow
+def test_consolidate_reports_stale_adapters_and_relearns_them_when_asked(learned: dict, tmp_path: Path) -> None:
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(learned["root"], root)
+    cli = learned["cli"]
+    uid = learned["ids"][2]
+    assert cli("edit", uid, "--text", "My favourite colour is ochre.", "--meta", "answer=ochre",
+               store=root).returncode == 0
+    done = cli("consolidate", "--json", store=root)
+    assert done.returncode == 0, done.err
+    stale = json.loads(done.out)["parametric"]
+    assert [(p["name"], p["status"], p["action"]) for p in stale] == [("facts", "stale", "reported")]
+    assert cli("config", "set", "consolidate.parametric.relearn", "true", store=root).returncode == 0
+    done = cli("consolidate", "--json", store=root)
+    assert done.returncode == 0, done.err
+    [entry] = json.loads(done.out)["parametric"]
+    assert entry["action"].startswith("relearned from 3 units"), entry
+    listed = json.loads(cli("param", "list", "--json", store=root).out)
+    assert [(p["name"], p["status"]) for p in listed] == [("facts", "current")]
+    answer = cli("chat", "What is my favourite colour?", "--no-recall", "--temperature", "0", "--no-save",
+                 "--max-tokens", "8", "--json", store=root)
+    assert "ochre" in json.loads(answer.out)["answer"].lower()

@@ -31,8 +31,6 @@ def test_steering_in_chat(cli, tmp_path: Path) -> None:
     assert [(p["name"], p["kind"], p["applied"]) for p in out["parametric"]] == [("tone", "steer", True)]
     plain = json.loads(cli(*ASK, "--no-param").out)
     assert plain["parametric"] == [] and plain["answer"] != out["answer"]
-    zero = json.loads(cli(*ASK, "--param", "tone=0").out)
-    assert zero["answer"] == plain["answer"]
 
     # A KV cache built with no steering vector: loaded without one, not under one.
     uid = json.loads(cli("list", "--json").out)[0]["id"]

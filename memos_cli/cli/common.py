@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -112,3 +113,22 @@ def confirm(action: str, items: list[str], yes: bool, *, required: bool) -> None
     answer = sys.stdin.readline().strip().lower()
     if answer not in ("y", "yes"):
         raise Cancelled("cancelled; nothing changed")
+
+
+@contextmanager
+def progress_bar(show: bool, first: str = "loading the model") -> Iterator[Callable[[str, int, int], None] | None]:
+    """A progress bar on stderr (when ``show`` and stderr is a terminal), fed (phase, done, total)."""
+    if not show or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(first, total=None)
+
+        def update(phase: str, done: int, total: int) -> None:
+            bar.update(task, description=phase, completed=done, total=total)
+
+        yield update

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
@@ -13,26 +11,8 @@ import typer
 from memos_cli.errors import UsageError
 
 from .app import app
-from .common import open_existing_store, print_json, say_notices
+from .common import open_existing_store, print_json, progress_bar, say_notices
 from .read import KindF, SinceF, TagF, UntilF, _filters
-
-
-@contextmanager
-def progress_bar(enabled: bool) -> Iterator[Callable[[str, int, int], None] | None]:
-    """A rich progress bar on stderr (when it is a terminal) fed (phase, done, total) updates."""
-    if not enabled or not sys.stderr.isatty():
-        yield None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(TextColumn("{task.description:<30}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  transient=True) as bar:
-        task = bar.add_task("starting", total=1)
-
-        def update(phase: str, done: int, total: int) -> None:
-            bar.update(task, description=phase, completed=done, total=max(total, 1))
-
-        yield update
 
 
 @app.command()

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from memos_cli.errors import ModelError, UsageError
+from memos_cli.errors import ModelError
 
 from .app import app
 from .common import confirm, open_existing_store, print_json, say_notices
@@ -218,16 +218,10 @@ def scale(
 
       memos param scale cheerful -0.8 --json
     """
-    import math
-
+    from memos_cli.parametric.active import parse_number
     from memos_cli.store import params
 
-    try:
-        number = float(value)
-    except ValueError:
-        raise UsageError(f"bad scale {value!r}: use a number, e.g. 0.5") from None
-    if not math.isfinite(number):
-        raise UsageError(f"bad scale {value!r}: use a finite number")
+    number = parse_number(value, "scale")
     store = open_existing_store(ctx)
     old = params.get(store, name)
     record = params.set_scale(store, old.name, number)

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import math
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
@@ -14,38 +11,7 @@ import typer
 from memos_cli.errors import NotFoundError, UsageError
 
 from .app import app
-from .common import open_store, print_json, read_source, say_notices
-
-
-@contextmanager
-def _progress(show: bool) -> Iterator[Callable[[str, int, int], None] | None]:
-    """A progress bar on stderr (a terminal only), fed (phase, done, total)."""
-    if not show:
-        yield None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task("loading the model", total=None)
-
-        def update(phase: str, done: int, total: int) -> None:
-            bar.update(task, description=phase, completed=done, total=total)
-
-        yield update
-
-
-def _strength(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        number = float(value)
-    except ValueError:
-        raise UsageError(f"bad strength {value!r}: use a number, e.g. 0.5") from None
-    if not math.isfinite(number):
-        raise UsageError(f"bad strength {value!r}: use a finite number")
-    return number
+from .common import open_store, print_json, progress_bar, read_source, say_notices
 
 
 def _side(flag: str, path: str | None, tag: str | None) -> None:
@@ -130,7 +96,9 @@ def steer(
     _side("neg", neg, neg_tag)
     if pos_tag is not None and pos_tag == neg_tag:
         raise UsageError("--pos-tag and --neg-tag are the same tag")
-    given = _strength(strength)
+    from memos_cli.parametric.active import parse_number
+
+    given = None if strength is None else parse_number(strength, "strength")
     if given is not None and probe is not None:
         raise UsageError("--probe is for calibrating; with --strength there is none")
 
@@ -171,7 +139,7 @@ def steer(
     spec, _ = chat_settings(store, model, None)
     show = sys.stderr.isatty() and not json_out
     seconds: dict[str, float] = {}
-    with _progress(show) as progress, load_generator(spec, n_ctx=2048) as generator:
+    with progress_bar(show) as progress, load_generator(spec, n_ctx=2048) as generator:
         seconds["load_s"] = time.perf_counter() - started
         span = lib.check_layers(wanted_layers, generator.n_layer) if wanted_layers else lib.default_layers(generator.n_layer)
         t = time.perf_counter()

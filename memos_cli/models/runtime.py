@@ -39,6 +39,15 @@ def silence_llama_logs() -> None:
 
 
 def default_threads() -> int:
+    """``$MEMOS_THREADS``, else the CPUs this process may run on. llama.cpp's threads spin while
+    they wait for each other, so several processes each with a thread per core slow each other
+    down far more than they gain (tests in parallel, several memos at once on a small machine)."""
+    env = os.environ.get("MEMOS_THREADS")
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            raise ModelError(f"bad MEMOS_THREADS {env!r}: use a whole number of threads") from None
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux

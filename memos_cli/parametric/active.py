@@ -31,6 +31,17 @@ if TYPE_CHECKING:
     from memos_cli.store.store import MemoryStore
 
 
+def parse_number(value: str, what: str) -> float:
+    """A finite number given as text (a scale, a strength), or ``UsageError``."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise UsageError(f"bad {what} {value!r}: use a number, e.g. 0.5") from None
+    if not np.isfinite(number):
+        raise UsageError(f"bad {what} {value!r}: use a finite number")
+    return number
+
+
 def parse_param(spec: str) -> tuple[str, float | None]:
     """``NAME`` or ``NAME=SCALE`` (``--param``)."""
     name, sep, value = spec.partition("=")
@@ -39,13 +50,7 @@ def parse_param(spec: str) -> tuple[str, float | None]:
         raise UsageError(f"bad --param {spec!r}: use NAME or NAME=SCALE")
     if not sep:
         return name, None
-    try:
-        scale = float(value)
-    except ValueError:
-        raise UsageError(f"bad --param {spec!r}: the scale {value!r} is not a number") from None
-    if not np.isfinite(scale):
-        raise UsageError(f"bad --param {spec!r}: the scale must be a finite number")
-    return name, scale
+    return name, parse_number(value, f"--param {spec!r} scale")
 
 
 @dataclass

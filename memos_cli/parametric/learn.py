@@ -189,7 +189,7 @@ def learn(generator: Generator, units: list[MemoryUnit], options: LoraOptions,
     started = time.perf_counter()
     if progress:
         progress("reading the model's weights", 0, 1)
-    weights = Weights(generator.identity.path, generator.identity.sha256)
+    weights = Weights(generator.identity.path)
     block = Block(weights)
     timings["weights_s"] = time.perf_counter() - started
     teacher = Teacher(generator)
@@ -225,7 +225,7 @@ def learn(generator: Generator, units: list[MemoryUnit], options: LoraOptions,
             if not check.wrong.size or rounds > VERIFY_ROUNDS:
                 break
             extra = np.unique(np.concatenate([extra, check.winners]))
-            steps = max(50, options.steps // 3)
+            steps = max(1, options.steps // 3)
         timings["train_s"] = time.perf_counter() - t
     finally:
         capture.close()
