@@ -267,3 +267,21 @@ def test_consolidate_reports_stale_adapters_and_relearns_them_when_asked(learned
     answer = cli("chat", "What is my favourite colour?", "--no-recall", "--temperature", "0", "--no-save",
                  "--max-tokens", "8", "--json", store=root)
     assert "ochre" in json.loads(answer.out)["answer"].lower()
+
+
+@pytest.mark.slow
+def test_eval_reports_probes_with_and_without_the_adapter(learned: dict, tmp_path: Path) -> None:
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(learned["root"], root)
+    probes = tmp_path / "probes.jsonl"
+    probes.write_text('{"q": "What is my dog called?", "a": "Biscuit"}\n{"q": "What is the capital of Italy?"}\n')
+    done = learned["cli"]("learn", "probed", "--kind", "fact", *FAST, "--eval", str(probes), "--json", store=root)
+    assert done.returncode == 0, done.err
+    out = json.loads(done.out)
+    report = out["report"]["eval"]
+    assert report["answerable"] == 1 and report["answered_base"] == 0 and report["answered"] == 1
+    assert report["unrelated"] == 1 and report["routed_unrelated"] == 0 and report["unrelated_unchanged"] == 1
+    assert report["leaks"] == 0 and out["enabled"] and out["report"]["gate"]["passed"]
+    assert [d["routed"] for d in out["eval_details"]] == [True, False]
