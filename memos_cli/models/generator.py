@@ -320,11 +320,11 @@ class Generator:
         if memory is not None:
             self._lib.llama_memory_clear(memory, False)
 
-    def capture(self, names: dict[str, int], n_ctx: int, n_seq: int = 1) -> Any:
+    def capture(self, names: dict[str, int], n_ctx: int) -> Any:
         """A second context on these weights that reads hidden states (``models.hidden.Capture``)."""
         from memos_cli.models.hidden import Capture
 
-        return Capture(self._lib, self._llm.model, names, n_ctx=n_ctx, n_threads=default_threads(), n_seq=n_seq)
+        return Capture(self._lib, self._llm.model, names, n_ctx=n_ctx, n_threads=default_threads())
 
     # ---- generation ------------------------------------------------------------
 

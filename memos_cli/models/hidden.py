@@ -58,11 +58,10 @@ class Capture:
     """A context on ``model`` (a llama.cpp model pointer) that records the named tensors
     of each evaluation, as float32 arrays of shape (rows, width): ``names`` maps each name to
     its width; only tensors with a row per evaluated token can be read (not those after the
-    last layer's selection of the rows whose logits are asked for). Up to ``n_seq`` token
-    lists are evaluated side by side in one batch, a shared prefix once for all of them."""
+    last layer's selection of the rows whose logits are asked for)."""
 
     def __init__(self, llama_cpp: Any, model: Any, names: dict[str, int], *, n_ctx: int = 2048,
-                 n_threads: int = 1, n_seq: int = 1) -> None:
+                 n_threads: int = 1) -> None:
         self._lib = llama_cpp
         self.names = set(names)
         self.widths = dict(names)
@@ -95,8 +94,6 @@ class Capture:
         params.n_ctx = n_ctx
         params.n_batch = n_ctx
         params.n_ubatch = n_ctx  # one graph per batch: each captured tensor comes in one piece
-        params.n_seq_max = n_seq
-        params.kv_unified = True  # a shared prefix's cells belong to every sequence
         params.n_threads = n_threads
         params.n_threads_batch = n_threads
         params.cb_eval = self._callback
@@ -105,18 +102,17 @@ class Capture:
         if not self.ctx:
             raise ModelError("llama.cpp could not create a context to read hidden states")
         self.n_ctx = n_ctx
-        self.n_seq = n_seq
         self._vocab = llama_cpp.llama_n_vocab(llama_cpp.llama_model_get_vocab(model))
         self._prefix: list[int] = []
         self._prefix_state: np.ndarray | None = None
 
     def set_prefix(self, tokens: list[int]) -> None:
-        """Token lists that start with ``tokens`` share their evaluation (their hidden states then
-        have rows for the rest only: see ``start_of``): once per batch, and with one sequence at
-        a time, once for all, its KV state restored before each."""
+        """Evaluate ``tokens`` once and keep their KV state: a later ``run`` on tokens that start
+        with them evaluates only the rest (its hidden states then have rows for the rest only:
+        see ``start_of``)."""
         self._prefix, self._prefix_state = [], None
-        if self.n_seq == 1 and tokens:
-            self._batch([(list(tokens), [])])
+        if tokens:
+            self.run(list(tokens), [])
             lib = self._lib
             size = int(lib.llama_state_seq_get_size(self.ctx, 0))
             buf = np.empty(size, dtype=np.uint8)
@@ -133,68 +129,35 @@ class Capture:
         return n if n and len(tokens) > n and tokens[:n] == self._prefix else 0
 
     def run(self, tokens: list[int], logits_at: list[int]) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """``run_many`` for one token list."""
-        return self.run_many([(tokens, logits_at)])[0]
-
-    def run_many(self, items: list[tuple[list[int], list[int]]]) -> list[tuple[dict[str, np.ndarray], np.ndarray]]:
-        """Evaluate token lists, each from an empty context (as many side by side in one batch as
-        fit), and return for each: the captured tensors (name -> (rows, width), a row per token
-        from ``start_of(tokens)``) and its logits at the positions ``logits_at`` (which must be
-        at or after that start)."""
-        out: list[tuple[dict[str, np.ndarray], np.ndarray]] = []
-        group: list[tuple[list[int], list[int]]] = []
-        used = 0
-        for tokens, logits_at in items:
-            if len(tokens) > self.n_ctx:
-                raise ModelError(f"a training example of {len(tokens)} tokens is longer than {self.n_ctx}")
-            cost = len(tokens) - self.start_of(tokens)
-            if group and (len(group) >= self.n_seq or used + cost + len(self._prefix) > self.n_ctx):
-                out += self._batch(group)
-                group, used = [], 0
-            group.append((tokens, logits_at))
-            used += cost
-        if group:
-            out += self._batch(group)
-        return out
-
-    def _batch(self, group: list[tuple[list[int], list[int]]]) -> list[tuple[dict[str, np.ndarray], np.ndarray]]:
+        """Evaluate ``tokens`` from an empty context (from the prefix's saved state when they start
+        with it) in one batch. Returns the captured tensors (name -> (rows, width), a row per token
+        from ``start_of(tokens)``) and the logits at the positions ``logits_at`` (at or after it)."""
         lib = self._lib
-        starts = [self.start_of(tokens) for tokens, _ in group]
-        for (_tokens, logits_at), start in zip(group, starts, strict=True):
-            if any(i < start for i in logits_at):
-                raise ModelError("a logit was asked for inside the shared prefix")
-        sharing = [seq for seq, start in enumerate(starts) if start]
-        n_prefix = len(self._prefix) if sharing else 0
+        n = len(tokens)
+        if n > self.n_ctx:
+            raise ModelError(f"a training example of {n} tokens is longer than {self.n_ctx}")
+        start = self.start_of(tokens)
+        if any(i < start for i in logits_at):
+            raise ModelError("a logit was asked for inside the shared prefix")
         memory = lib.llama_get_memory(self.ctx)
         if memory is not None:
             lib.llama_memory_clear(memory, True)
-        if sharing and self._prefix_state is not None:  # one sequence: the prefix's saved state
+        if start:
             state = self._prefix_state
+            assert state is not None
             read = int(lib.llama_state_seq_set_data(self.ctx, state.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)),
                                                     state.size, 0))
             if read != state.size:
                 raise ModelError("llama.cpp refused a saved KV state")
-            n_prefix = 0
-        total = n_prefix + sum(len(t) - s for (t, _), s in zip(group, starts, strict=True))
-        batch = lib.llama_batch_init(total, 0, max(1, len(group)))
+        rows = n - start
+        batch = lib.llama_batch_init(rows, 0, 1)
         try:
-            n = 0
-            for i in range(n_prefix):  # the shared prefix: once, in every sequence that starts with it
-                batch.token[n], batch.pos[n], batch.logits[n] = self._prefix[i], i, False
-                batch.n_seq_id[n] = len(sharing)
-                for j, seq in enumerate(sharing):
-                    batch.seq_id[n][j] = seq
-                n += 1
-            where: list[tuple[int, int]] = []  # each item's first row in the batch, and its start
-            for seq, ((tokens, logits_at), start) in enumerate(zip(group, starts, strict=True)):
-                want = set(logits_at)
-                where.append((n, start))
-                for i in range(start, len(tokens)):
-                    batch.token[n], batch.pos[n], batch.n_seq_id[n] = tokens[i], i, 1
-                    batch.seq_id[n][0] = seq
-                    batch.logits[n] = i in want
-                    n += 1
-            batch.n_tokens = n
+            want = set(logits_at)
+            for j, i in enumerate(range(start, n)):
+                batch.token[j], batch.pos[j], batch.n_seq_id[j] = tokens[i], i, 1
+                batch.seq_id[j][0] = 0
+                batch.logits[j] = i in want
+            batch.n_tokens = rows
             self.found = {}
             self._error = None
             if lib.llama_decode(self.ctx, batch) != 0:
@@ -207,18 +170,13 @@ class Capture:
             states: dict[str, np.ndarray] = {}
             for name, flat in self.found.items():
                 width = self.widths[name]
-                if flat.size != n * width:
-                    raise ModelError(f"tensor {name} has {flat.size} values, not {n} rows of {width}")
-                states[name] = flat.reshape(n, width)
-            results = []
-            for ((tokens, logits_at), (first, start)) in zip(group, where, strict=True):
-                rows = len(tokens) - start
-                mine = {name: value[first: first + rows] for name, value in states.items()}
-                picked = [np.ctypeslib.as_array(lib.llama_get_logits_ith(self.ctx, first + i - start),
-                                                shape=(self._vocab,)).copy() for i in logits_at]
-                logits = np.stack(picked) if picked else np.empty((0, self._vocab), dtype=np.float32)
-                results.append((mine, logits))
-            return results
+                if flat.size != rows * width:
+                    raise ModelError(f"tensor {name} has {flat.size} values, not {rows} rows of {width}")
+                states[name] = flat.reshape(rows, width)
+            picked = [np.ctypeslib.as_array(lib.llama_get_logits_ith(self.ctx, i - start), shape=(self._vocab,)).copy()
+                      for i in logits_at]
+            logits = np.stack(picked) if picked else np.empty((0, self._vocab), dtype=np.float32)
+            return states, logits
         finally:
             lib.llama_batch_free(batch)
 

@@ -61,9 +61,6 @@ class Weights:
     def field(self, key: str) -> Any:
         return self._fields.get(key)
 
-    def has(self, name: str) -> bool:
-        return name in self._tensors
-
     def _raw(self, name: str) -> tuple[np.ndarray, Any, list[int]]:
         """The tensor's bytes as (rows, bytes per row), its type, and its shape (rows first)."""
         from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
@@ -86,12 +83,6 @@ class Weights:
         values = dequantize(raw, kind) if kind.name not in ("F32", "F16") else raw.view(
             np.float32 if kind.name == "F32" else np.float16)
         return np.asarray(values, dtype=np.float32).reshape(shape)
-
-    def tensor_shape(self, name: str) -> tuple[int, ...]:
-        info = self._tensors.get(name)
-        if info is None:
-            raise ModelError(f"the model has no tensor {name}")
-        return tuple(info["shape"])
 
     def output_rows(self, tokens: np.ndarray) -> np.ndarray:
         """The output matrix's rows for these token ids, (len(tokens), n_embd) float32: a row is

@@ -105,11 +105,7 @@ class ParametricSet:
                 raise ModelError(why)
             self.notices.append(why + "; it is not used")
             return False
-        data = params.read_blob(store, record)  # raises on a damaged blob
-        problems = params.verify_blob(data, record.blob, record)
-        if problems:
-            raise ModelError(f"parametric memory {record.name} is damaged: {problems[0]} "
-                             f"(`memos param rm {record.name}` removes it)")
+        data = params.read_blob(store, record)  # its hash, metadata and shapes checked: one line if damaged
         tensors, meta = params.decode_blob(data)
         if record.kind == "lora":
             alpha = float(meta.get("alpha", "0") or 0)

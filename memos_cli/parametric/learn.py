@@ -198,7 +198,7 @@ def learn(generator: Generator, units: list[MemoryUnit], options: LoraOptions,
     examples += retain_examples(teacher, options.general, progress)
     timings["retain_s"] = time.perf_counter() - t
 
-    capture = generator.capture(block.names, n_ctx=_ctx_size(max(len(e.tokens) for e in examples)), n_seq=N_SEQ)
+    capture = generator.capture(block.names, n_ctx=_ctx_size(max(len(e.tokens) for e in examples)))
     try:
         t = time.perf_counter()
         capture.set_prefix(teacher.head_tokens)
@@ -237,15 +237,6 @@ def learn(generator: Generator, units: list[MemoryUnit], options: LoraOptions,
 
 
 VERIFY_ROUNDS = 3
-CHUNK = 16  # examples read per call (between progress updates)
-# Examples evaluated side by side in one batch. One at a time: batches of several sequences
-# were hardly faster here, took 1 GB more for the graph, and llama.cpp's kernels round
-# differently by batch shape (1% of a hidden state), further from what chat computes.
-N_SEQ = 1
-
-
-def _chunks(items: list[Any], size: int) -> list[list[Any]]:
-    return [items[i: i + size] for i in range(0, len(items), size)]
 
 
 @dataclass
@@ -255,7 +246,6 @@ class _Data:
     heads: np.ndarray
     resid: np.ndarray
     targets: np.ndarray  # token id; -1 for a retained row
-    which: np.ndarray
     top_ids: np.ndarray  # (rows, TOP_CANDIDATES)
     top_probs: np.ndarray
     n_vocab: int
@@ -270,7 +260,7 @@ class _Data:
         base = np.zeros((self.top_ids.shape[0], cands.size), dtype=np.float32)
         np.put_along_axis(base, index[self.top_ids], self.top_probs, axis=1)
         tgt = np.where(self.targets >= 0, index[np.maximum(self.targets, 0)], -1)
-        return Rows(self.heads, self.resid, tgt, self.which, base), cands
+        return Rows(self.heads, self.resid, tgt, base), cands
 
 
 def _read_examples(capture: Any, block: Block, examples: list[Example], progress: Progress | None) -> _Data:
@@ -278,27 +268,22 @@ def _read_examples(capture: Any, block: Block, examples: list[Example], progress
     heads: list[np.ndarray] = []
     resid: list[np.ndarray] = []
     targets: list[int] = []
-    which: list[int] = []
     top_ids: list[np.ndarray] = []
     top_probs: list[np.ndarray] = []
-    done = 0
-    for chunk in _chunks(examples, CHUNK):
-        results = capture.run_many([(ex.tokens, ex.rows) for ex in chunk])
-        for ex, (states, logits) in zip(chunk, results, strict=True):
-            first = capture.start_of(ex.tokens)
-            local = [r - first for r in ex.rows]
-            heads.append(states[heads_name][local])
-            resid.append(states[resid_name][local])
-            targets += ex.target if ex.kind != "retain" else [-1] * len(ex.rows)
-            which += [done] * len(ex.rows)
-            ids, probs = _top(logits, TOP_CANDIDATES)
-            top_ids.append(ids)
-            top_probs.append(probs)
-            done += 1
+    for i, ex in enumerate(examples):
+        states, logits = capture.run(ex.tokens, ex.rows)
+        first = capture.start_of(ex.tokens)
+        local = [r - first for r in ex.rows]
+        heads.append(states[heads_name][local])
+        resid.append(states[resid_name][local])
+        targets += ex.target if ex.kind != "retain" else [-1] * len(ex.rows)
+        ids, probs = _top(logits, TOP_CANDIDATES)
+        top_ids.append(ids)
+        top_probs.append(probs)
         if progress:
-            progress("reading hidden states", done, len(examples))
+            progress("reading hidden states", i + 1, len(examples))
     return _Data(np.concatenate(heads), np.concatenate(resid), np.array(targets, dtype=np.int64),
-                 np.array(which), np.concatenate(top_ids), np.concatenate(top_probs), block.shape.n_vocab)
+                 np.concatenate(top_ids), np.concatenate(top_probs), block.shape.n_vocab)
 
 
 @dataclass
@@ -315,28 +300,25 @@ def _verify(capture: Any, examples: list[Example], progress: Progress | None) ->
     winners: list[np.ndarray] = []
     right = 0
     kept = total_kept = 0
-    position = 0
-    checked = [ex for ex in examples if not ex.variant]
-    offsets = {}
-    for ex in examples:
-        offsets[id(ex)] = position
-        position += len(ex.target)
+    position = 0  # of the example's first row among all examples' rows
+    total = sum(1 for ex in examples if not ex.variant)
     done = 0
-    for chunk in _chunks(checked, CHUNK):
-        for ex, (_, logits) in zip(chunk, capture.run_many([(ex.tokens, ex.rows) for ex in chunk]), strict=True):
-            top = np.argmax(logits, axis=1)
-            ok = top == np.array(ex.target)
-            near = np.argpartition(-logits, 4, axis=1)[:, :4]
-            winners.append(near[~ok].ravel())
-            if ex.kind == "retain":
-                kept += int(ok.sum())
-                total_kept += ok.size
-            else:
-                right += bool(ok.all())
-                wrong += [offsets[id(ex)] + j for j in np.flatnonzero(~ok)]
-            done += 1
+    for ex in examples:
+        first, position = position, position + len(ex.target)
+        if ex.variant:
+            continue
+        _, logits = capture.run(ex.tokens, ex.rows)
+        ok = np.argmax(logits, axis=1) == np.array(ex.target)
+        winners.append(np.argpartition(-logits, 4, axis=1)[:, :4][~ok].ravel())
+        if ex.kind == "retain":
+            kept += int(ok.sum())
+            total_kept += ok.size
+        else:
+            right += bool(ok.all())
+            wrong += [first + j for j in np.flatnonzero(~ok)]
+        done += 1
         if progress:
-            progress("checking with llama.cpp", done, len(checked))
+            progress("checking with llama.cpp", done, total)
     found = np.unique(np.concatenate(winners)) if winners else np.empty(0, dtype=np.int64)
     return _Check(np.array(wrong, dtype=np.int64), found.astype(np.int64), right,
                   kept / total_kept if total_kept else 1.0)

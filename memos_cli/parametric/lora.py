@@ -24,7 +24,7 @@ pre- and post-normed with RMSNorm and a GELU-gated feed-forward.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -68,12 +68,6 @@ class LoraOptions:
         return {"rank": self.rank, "alpha": self.alpha, "steps": self.steps, "lr": self.lr, "seed": self.seed,
                 "batch": self.batch, "retain_weight": self.retain_weight, "targets": list(self.targets),
                 "general": self.general, "variants": self.variants}
-
-
-def capture_names(n_layer: int) -> dict[str, int]:
-    """The hidden states training reads, by llama.cpp tensor name, with their widths (filled in by ``Block``)."""
-    last = n_layer - 1
-    return {f"l_out-{last - 1}": 0, f"kqv_out-{last}": 0}
 
 
 class Block:
@@ -189,9 +183,7 @@ class Rows:
     heads: np.ndarray  # (n, width of the attention heads)
     resid: np.ndarray  # (n, n_embd)
     target: np.ndarray  # (n,) int: candidate index; -1 for a retained row
-    example: np.ndarray  # (n,) int: which example the row belongs to
     base: np.ndarray  # (n, candidates) float32: the base model's probabilities (its likeliest tokens only)
-    weight: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.float32))
 
 
 def _log_softmax(z: np.ndarray) -> np.ndarray:
