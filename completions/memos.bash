@@ -56,7 +56,7 @@ _memos()
         if [[ $cur == -* ]]; then
             COMPREPLY=($(compgen -W "--store -s --version --help -h" -- "$cur"))
         else
-            COMPREPLY=($(compgen -W "add chat check compact config consolidate demo diff edit forget import init kv learn list log param pin purge recall rollback show stats steer unpin" -- "$cur"))
+            COMPREPLY=($(compgen -W "add chat check compact config consolidate demo diff edit forget import init kv learn list log param pin purge recall rollback scan show stats steer unpin" -- "$cur"))
         fi
         return 0
     fi
@@ -64,17 +64,17 @@ _memos()
     case "$cmd" in
         add)
             case "$prev" in
-                --kind|--tag|-t|--meta|-m|--time|--ttl|--importance|--cube|--user)
+                --kind|--tag|-t|--meta|-m|--time|--ttl|--importance|--cube|--user|--privacy)
                     :  # a value with nothing to offer
                     return 0 ;;
             esac
             if [[ $cur == -* ]]; then
-                COMPREPLY=($(compgen -W "--kind --tag -t --meta -m --time --ttl --importance --cube --user --pin --json --help -h" -- "$cur"))
+                COMPREPLY=($(compgen -W "--kind --tag -t --meta -m --time --ttl --importance --cube --user --pin --privacy --json --help -h" -- "$cur"))
             fi
             ;;
         chat)
             case "$prev" in
-                --cube|--user|--kind|--tag|-t|--since|--until|-k|--budget|--model|--ctx|--temperature|--max-tokens|--seed|--kv|--param)
+                --cube|--user|--kind|--tag|-t|--since|--until|-k|--budget|--model|--ctx|--temperature|--max-tokens|--seed|--kv|--param|--privacy)
                     :  # a value with nothing to offer
                     return 0 ;;
                 --batch)
@@ -82,7 +82,7 @@ _memos()
                     return 0 ;;
             esac
             if [[ $cur == -* ]]; then
-                COMPREPLY=($(compgen -W "--cube --user --kind --tag -t --since --until -k --budget --model --ctx --temperature --max-tokens --seed --no-kv --kv --rebuild --no-save --no-recall --param --no-param --batch --json --help -h" -- "$cur"))
+                COMPREPLY=($(compgen -W "--cube --user --kind --tag -t --since --until -k --budget --model --ctx --temperature --max-tokens --seed --no-kv --kv --rebuild --no-save --no-recall --param --no-param --privacy --batch --json --help -h" -- "$cur"))
             fi
             ;;
         check)
@@ -130,12 +130,12 @@ _memos()
             ;;
         edit)
             case "$prev" in
-                --text|--tag|-t|--untag|--meta|-m|--kind|--importance|--time)
+                --text|--tag|-t|--untag|--meta|-m|--kind|--importance|--time|--privacy)
                     :  # a value with nothing to offer
                     return 0 ;;
             esac
             if [[ $cur == -* ]]; then
-                COMPREPLY=($(compgen -W "--text --tag -t --untag --meta -m --kind --importance --time --json --help -h" -- "$cur"))
+                COMPREPLY=($(compgen -W "--text --tag -t --untag --meta -m --kind --importance --time --privacy --json --help -h" -- "$cur"))
             fi
             ;;
         forget)
@@ -150,12 +150,12 @@ _memos()
             ;;
         import)
             case "$prev" in
-                --kind|--cube|--user)
+                --kind|--cube|--user|--privacy)
                     :  # a value with nothing to offer
                     return 0 ;;
             esac
             if [[ $cur == -* ]]; then
-                COMPREPLY=($(compgen -W "--kind --cube --user --json --help -h" -- "$cur"))
+                COMPREPLY=($(compgen -W "--kind --cube --user --privacy --json --help -h" -- "$cur"))
             else
                 _memos_files "$cur"
             fi
@@ -231,12 +231,22 @@ _memos()
                     return 0 ;;
             esac
             if [[ $cur == -* ]]; then
-                COMPREPLY=($(compgen -W "-k --kind --tag -t --cube --user --since --until --pinned --unpinned --batch --context --no-context --explain --json --help -h" -- "$cur"))
+                COMPREPLY=($(compgen -W "-k --kind --tag -t --cube --user --since --until --pinned --unpinned --batch --context --no-context --explain --mask --json --help -h" -- "$cur"))
             fi
             ;;
         rollback)
             if [[ $cur == -* ]]; then
                 COMPREPLY=($(compgen -W "--yes -y --json --help -h" -- "$cur"))
+            fi
+            ;;
+        scan)
+            case "$prev" in
+                --kind|-k)
+                    :  # a value with nothing to offer
+                    return 0 ;;
+            esac
+            if [[ $cur == -* ]]; then
+                COMPREPLY=($(compgen -W "--history --kind -k --all-kinds --json --help -h" -- "$cur"))
             fi
             ;;
         show)

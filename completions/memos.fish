@@ -60,6 +60,7 @@ complete -c memos -n 'not __memos_command' -a pin -d 'Pin memories: always in co
 complete -c memos -n 'not __memos_command' -a purge -d 'Delete memories for good: from the store, its search table and all of git history.'
 complete -c memos -n 'not __memos_command' -a recall -d 'Find the memories that best match a query (full-text and vector search, fused).'
 complete -c memos -n 'not __memos_command' -a rollback -d 'Put memory back as it was at REV, as a new commit; history is kept, so it can be undone.'
+complete -c memos -n 'not __memos_command' -a scan -d 'Find secrets and personal data already in the store; exit 1 when there are any.'
 complete -c memos -n 'not __memos_command' -a show -d 'Show one memory with all its fields, or every version of it.'
 complete -c memos -n 'not __memos_command' -a stats -d 'Counts by kind, status and cube, and sizes on disk.'
 complete -c memos -n 'not __memos_command' -a steer -d 'Build a steering vector from contrastive texts and save it, in one commit.'
@@ -75,6 +76,7 @@ complete -c memos -n '__memos_using add' -l importance -x -d '0 to 1.'
 complete -c memos -n '__memos_using add' -l cube -x -d 'Namespace for this memory.'
 complete -c memos -n '__memos_using add' -l user -x -d 'Who it belongs to (default: $MEMOS_USER or $USER).'
 complete -c memos -n '__memos_using add' -l pin -d 'Pin it: always in context (see `memos pin`).'
+complete -c memos -n '__memos_using add' -l privacy -x -d 'Override the [privacy] policy for this command: refuse, redact or allow, for every kind or for one (email=redact, secrets=allow); repeat for more. Recorded in the commit.'
 complete -c memos -n '__memos_using add' -l json -d 'Print JSON instead of text.'
 complete -c memos -n '__memos_using add' -l help -s h -d 'Show this message and exit.'
 
@@ -99,6 +101,7 @@ complete -c memos -n '__memos_using chat' -l no-save -d 'Keep nothing: turns are
 complete -c memos -n '__memos_using chat' -l no-recall -d 'Closed book: no plaintext memory in the prompt (no memory block, nothing recalled).'
 complete -c memos -n '__memos_using chat' -l param -x -d 'Use this parametric memory (repeatable; a disabled one too), at this scale; adapters are still routed.'
 complete -c memos -n '__memos_using chat' -l no-param -d 'Use no parametric memory.'
+complete -c memos -n '__memos_using chat' -l privacy -x -d 'Override the [privacy] policy for this command: refuse, redact or allow, for every kind or for one (email=redact, secrets=allow); repeat for more. Recorded in the commit.'
 complete -c memos -n '__memos_using chat' -l batch -r -F -d 'Answer JSON lines {"q"} one JSON line each, loading the model once; each question on its own.'
 complete -c memos -n '__memos_using chat' -l json -d 'Print the answer, memories used and timings as JSON.'
 complete -c memos -n '__memos_using chat' -l help -s h -d 'Show this message and exit.'
@@ -142,6 +145,7 @@ complete -c memos -n '__memos_using edit' -l meta -s m -x -d 'Set a meta key (JS
 complete -c memos -n '__memos_using edit' -l kind -x -d 'New kind.'
 complete -c memos -n '__memos_using edit' -l importance -x -d 'New importance.'
 complete -c memos -n '__memos_using edit' -l time -x -d 'When it happened.'
+complete -c memos -n '__memos_using edit' -l privacy -x -d 'Override the [privacy] policy for this command: refuse, redact or allow, for every kind or for one (email=redact, secrets=allow); repeat for more. Recorded in the commit.'
 complete -c memos -n '__memos_using edit' -l json -d 'Print JSON instead of text.'
 complete -c memos -n '__memos_using edit' -l help -s h -d 'Show this message and exit.'
 
@@ -161,6 +165,7 @@ complete -c memos -n '__memos_using forget' -l help -s h -d 'Show this message a
 complete -c memos -n '__memos_using import' -l kind -x -d 'fact, preference, episode, note, or a word of your own.'
 complete -c memos -n '__memos_using import' -l cube -x -d 'Namespace for this memory.'
 complete -c memos -n '__memos_using import' -l user -x -d 'Who it belongs to (default: $MEMOS_USER or $USER).'
+complete -c memos -n '__memos_using import' -l privacy -x -d 'Override the [privacy] policy for this command: refuse, redact or allow, for every kind or for one (email=redact, secrets=allow); repeat for more. Recorded in the commit.'
 complete -c memos -n '__memos_using import' -l json -d 'Print JSON instead of text.'
 complete -c memos -n '__memos_using import' -l help -s h -d 'Show this message and exit.'
 complete -c memos -n '__memos_using import' -r -F
@@ -240,6 +245,7 @@ complete -c memos -n '__memos_using recall' -l pinned -l unpinned -d 'Only pinne
 complete -c memos -n '__memos_using recall' -l batch -r -F -d 'JSON lines {"query", "k"}; writes one JSON line per query.'
 complete -c memos -n '__memos_using recall' -l context -l no-context -d 'Bring the neighbouring turns of conversation hits (episodes of one session).'
 complete -c memos -n '__memos_using recall' -l explain -d 'Show the signals that ranked each result.'
+complete -c memos -n '__memos_using recall' -l mask -d 'Hide the kinds [privacy] mask names (secrets and personal data by default) as [redacted:KIND]; memory is not changed.'
 complete -c memos -n '__memos_using recall' -l json -d 'Print JSON instead of text.'
 complete -c memos -n '__memos_using recall' -l help -s h -d 'Show this message and exit.'
 
@@ -247,6 +253,13 @@ complete -c memos -n '__memos_using recall' -l help -s h -d 'Show this message a
 complete -c memos -n '__memos_using rollback' -l yes -s y -d 'Do not ask for confirmation.'
 complete -c memos -n '__memos_using rollback' -l json -d 'Print JSON instead of text.'
 complete -c memos -n '__memos_using rollback' -l help -s h -d 'Show this message and exit.'
+
+# memos scan
+complete -c memos -n '__memos_using scan' -l history -d 'Also every older version in git history.'
+complete -c memos -n '__memos_using scan' -l kind -s k -x -d 'Look for this kind or group (secrets, personal); repeat for more. Default: every kind the [privacy] policy does not allow.'
+complete -c memos -n '__memos_using scan' -l all-kinds -d 'Look for every kind, allowed or not.'
+complete -c memos -n '__memos_using scan' -l json -d 'Print JSON instead of text.'
+complete -c memos -n '__memos_using scan' -l help -s h -d 'Show this message and exit.'
 
 # memos show
 complete -c memos -n '__memos_using show' -l history -d 'Every version of it, from git history.'

@@ -107,9 +107,10 @@ def test_demo_adds_recalls_and_shows_history(cli, tmp_path):
     words = " ".join(done.out.split())  # rich wraps long lines at the terminal's width
     assert "loaded from its KV cache" in words and "prefilled" in words and "saved as episode" in words
     assert "merged 1, superseded 1" in words and "consolidate: merged 1, superseded 1" in words
-    # init, five adds, an edit and its rollback, a pin, one saved chat turn (the two others are --no-save),
-    # three more adds and one consolidate
-    assert commit_count(tmp_path / "demo") == 14
+    assert "holds an aws-key" in words and "[redacted:aws-key]" in words and "0 findings" in words
+    # init, five adds, an edit and its rollback, a redacted add, a pin, one saved chat turn (the two others
+    # are --no-save), three more adds and one consolidate
+    assert commit_count(tmp_path / "demo") == 15
 
 
 def test_compact(cli, filled):

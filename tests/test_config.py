@@ -11,6 +11,7 @@ import pytest
 from memos_cli.errors import LockedError, StoreError, UsageError
 from memos_cli.lock import StoreLock
 from memos_cli.plaintext.heat import HeatWeights
+from memos_cli.privacy.policy import keys as privacy_keys
 from memos_cli.store.config import CONFIG_NAME, SCHEMA_VERSION, StoreConfig, all_keys
 from memos_cli.store.policy import ConsolidatePolicy, policy_keys
 from memos_cli.store.store import MemoryStore
@@ -188,7 +189,9 @@ def test_settings_get_with_value_and_without() -> None:
     keys = [s.key for s in cfg.settings()]
     assert keys == all_keys() and keys[:6] == ["store.schema_version", "embedding.model", "lock.timeout", "recall.k",
                                                "chat.model", "chat.ctx"]
-    assert keys[6:] == policy_keys() and all(s.is_default for s in cfg.settings())
+    n = len(policy_keys())
+    assert keys[6:6 + n] == policy_keys() and keys[6 + n:] == privacy_keys()
+    assert all(s.is_default for s in cfg.settings())
     assert cfg.get("consolidate.duplicates.similarity").value == 0.92
     changed = cfg.with_value("lock.timeout", 3)
     assert changed.lock_timeout == 3.0 and cfg.lock_timeout == 10.0  # a new config; the old one is untouched
@@ -323,7 +326,7 @@ def test_config_show_json_and_table(cli, made: Path) -> None:
     done = cli("config", "show", "--json")
     assert done.returncode == 0, done.err
     data = json.loads(done.out)
-    assert set(data) == {"store", "embedding", "lock", "recall", "chat", "consolidate"}
+    assert set(data) == {"store", "embedding", "lock", "recall", "chat", "consolidate", "privacy"}
     sim = data["consolidate"]["duplicates"]["similarity"]
     assert sim["value"] == 0.92 and sim["default"] == 0.92 and sim["is_default"] is True and sim["help"]
     assert data["store"]["schema_version"]["read_only"] is True

@@ -23,6 +23,8 @@ from memos_cli.store.store import MemoryStore
 from .conftest import assert_clean_failure, commit_count, git, head
 
 SECRET = "hunter2-Zebra-Quokka-7781"
+GITHUB_TOKEN = "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"
+ALLOW = {"*": "allow"}  # these tests store a secret on purpose (the privacy guard would refuse it)
 
 
 def _objects(root: Path) -> bytes:
@@ -37,9 +39,9 @@ def _files_holding(root: Path, needle: bytes) -> list[str]:
 
 def test_purge_removes_the_text_from_every_object_and_file(store):
     keep = store.add("Alice lives in Lisbon")
-    leak = store.add(f"the server password is {SECRET}", tags=["ops"])
+    leak = store.add(f"the server password is {SECRET}", tags=["ops"], privacy=ALLOW)
     store.recall("server password", 1)  # an access count, folded into the next commit
-    store.edit(leak.id, {"text": f"the server password is {SECRET} (rotated soon)"})
+    store.edit(leak.id, {"text": f"the server password is {SECRET} (rotated soon)"}, privacy=ALLOW)
     store.forget([leak.id])
     store.add("another memory after the leak")
     store.compact()
@@ -111,8 +113,8 @@ def _leaky(store: MemoryStore) -> tuple[str, str]:
     """A store with a secret in several versions, other memories around it, and the secret typed
     into the chat's line history; returns (the leak's id, a kept id)."""
     keep = store.add("Alice lives in Lisbon")
-    leak = store.add(f"the server password is {SECRET}", tags=["ops"])
-    store.edit(leak.id, {"text": f"the server password is {SECRET} (rotated soon)"})
+    leak = store.add(f"the server password is {SECRET}", tags=["ops"], privacy=ALLOW)
+    store.edit(leak.id, {"text": f"the server password is {SECRET} (rotated soon)"}, privacy=ALLOW)
     store.add("another memory after the leak")
     chat_history_path(store).write_text(f"what is the server password {SECRET}?\n", encoding="utf-8")
     return leak.id, keep.id
@@ -191,7 +193,7 @@ def test_chat_line_history_is_kept_per_store_and_a_purge_clears_it(store, tmp_pa
 
     other = MemoryStore(tmp_path / "other", embedder=embedder)
     other.init()
-    leak = store.add(f"the wifi password is {SECRET}")
+    leak = store.add(f"the wifi password is {SECRET}", privacy=ALLOW)
     legacy = cache_dir() / "chat_history"  # where memos once kept one history for all stores
     legacy.write_text(f"{SECRET}\n", encoding="utf-8")
 
@@ -267,15 +269,18 @@ class _Terminal:
 @pytest.mark.slow
 def test_a_chat_session_on_a_terminal_keeps_its_history_in_the_store_and_a_purge_removes_it(cli, tmp_path):
     root = tmp_path / "store"
-    leak = cli("add", f"the wifi password is {SECRET}").out.strip()
+    leak = cli("add", f"the wifi password is {SECRET}", "--privacy", "allow").out.strip()
     path = root / ".git" / "memos" / "chat_history"
 
     session = _Terminal(root)
     session.until(b"you> ")
     session.type(f"/paste {SECRET}")  # an unknown command: in the line history, nothing asked of the model
     session.until(b"you> ")
+    session.type(f"/paste {GITHUB_TOKEN}")  # what the privacy policy refuses stays out of the line history
+    session.until(b"you> ")
     session.quit()
     assert SECRET in path.read_text(encoding="utf-8")
+    assert "/paste ghp_" not in path.read_text(encoding="utf-8")
     assert path.stat().st_mode & 0o777 == 0o600
 
     session = _Terminal(root)  # open while the purge runs

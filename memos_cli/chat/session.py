@@ -64,6 +64,7 @@ class ChatOptions:
     recall: bool = True  # False: no plaintext memory in the prompt (no memory block, nothing recalled)
     params: dict[str, float | None] = field(default_factory=dict)  # --param NAME[=SCALE]
     use_params: bool = True  # False (--no-param): no parametric memory at all
+    privacy: dict[str, str] = field(default_factory=dict)  # --privacy: this session's override of the policy
 
     def __post_init__(self) -> None:
         if not 1 <= self.k <= 100:
@@ -101,6 +102,7 @@ class Turn:
     answer: str = ""
     memories: list[MemoryUnit] = field(default_factory=list)
     saved: str | None = None  # the episode unit's id
+    unsaved: str | None = None  # why an answered turn was not saved (the privacy policy refused it)
     timings: dict[str, float] = field(default_factory=dict)
     tokens: int = 0  # of the answer
     prompt_tokens: int = 0
@@ -113,6 +115,7 @@ class Turn:
             "memories": [{"id": u.id, "text": u.text} for u in self.memories],
             "parametric": self.parametric,
             "saved": self.saved,
+            **({"unsaved": self.unsaved} if self.unsaved else {}),
             "tokens": self.tokens,
             "prompt_tokens": self.prompt_tokens,
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
@@ -297,9 +300,22 @@ class ChatSession:
         self.turns.append(turn)
         self.last = turn
 
-    def _save(self, turn: Turn) -> str:
+    def _save(self, turn: Turn) -> str | None:
+        """The turn as an episode unit; its id, or None when the privacy policy refused it
+        (``turn.unsaved`` and the store's notices then say why)."""
+        from memos_cli.privacy.guard import PrivacyError
+
+        try:
+            return self._add_episode(turn)
+        except PrivacyError as exc:
+            turn.unsaved = str(exc).replace("nothing was written", "this turn was not saved")
+            self.store.notices.append(turn.unsaved)
+            return None
+
+    def _add_episode(self, turn: Turn) -> str:
         unit = self.store.add(
             f"User: {turn.question}\nAssistant: {turn.answer}",
+            privacy=self.options.privacy,
             kind="episode",
             cube=self.options.cube,
             user=self.options.user,

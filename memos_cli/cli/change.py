@@ -14,7 +14,7 @@ import typer
 from memos_cli.errors import MemosError, UsageError
 
 from .app import app
-from .common import confirm, open_existing_store, print_json, read_source, say_notices
+from .common import PrivacyOpt, confirm, open_existing_store, print_json, privacy_override, read_source, say_notices
 from .read import CubeF, KindF, SinceF, TagF, UntilF, UserF, _filters
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
@@ -34,6 +34,7 @@ def edit(
     importance: Annotated[float | None, typer.Option("--importance", metavar="0..1", min=0.0, max=1.0,
                                          help="New importance.")] = None,
     time_: Annotated[str | None, typer.Option("--time", metavar="TIME", help="When it happened.")] = None,
+    privacy: PrivacyOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Change a memory: a new version of it, the old one kept in history.
@@ -51,6 +52,7 @@ def edit(
     """
     from memos_cli.plaintext.units import check_importance, check_meta, check_tags, check_text, parse_meta_pairs, parse_time
 
+    override = privacy_override(privacy)
     store = open_existing_store(ctx)
     unit = store.get(unit_id)
     scripted = any(v is not None for v in (text, tag, untag, meta, kind, importance, time_))
@@ -85,7 +87,7 @@ def edit(
 
     if "kind" in changes:
         check_name(changes["kind"], "kind")
-    new = store.edit(unit.id, changes, expect_version=unit.version)
+    new = store.edit(unit.id, changes, expect_version=unit.version, privacy=override)
     say_notices(store)
     if json_out:
         print_json({"changed": new is not None, "unit": (new or unit).to_json()})

@@ -12,7 +12,7 @@ import typer
 from memos_cli.errors import MemosError, UsageError
 
 from .app import app
-from .common import open_store, print_json, read_source, say_notices
+from .common import PrivacyOpt, open_store, print_json, privacy_override, read_source, say_notices
 from .read import KindF, SinceF, TagF, UntilF, _filters
 
 HELP = """\
@@ -55,6 +55,7 @@ def chat(
                                                     help="Use this parametric memory (repeatable; a disabled one "
                                                          "too), at this scale; adapters are still routed.")] = None,
     no_param: Annotated[bool, typer.Option("--no-param", help="Use no parametric memory.")] = False,
+    privacy: PrivacyOpt = None,
     batch: Annotated[str | None, typer.Option("--batch", metavar="FILE|-",
                                               help='Answer JSON lines {"q"} one JSON line each, loading the model '
                                                    "once; each question on its own.")] = None,
@@ -110,7 +111,7 @@ def chat(
     options = ChatOptions(cube=cube, user=user, filters=filters, k=k, budget=budget, temperature=temperature,
                           max_tokens=max_tokens, seed=seed, use_kv=not no_kv, kv_id=kv, rebuild=rebuild,
                           save=not no_save, keep_head=text is None or batch is not None, recall=not no_recall,
-                          params=named, use_params=not no_param)
+                          params=named, use_params=not no_param, privacy=privacy_override(privacy))
     started = time.perf_counter()
     session, model_load_s = _start(ctx, options, model, n_ctx)
     if batch is not None:
@@ -127,6 +128,8 @@ def chat(
     assert turn is not None
     if not json_out:
         sys.stdout.write("\n")
+    say_notices(session.store)  # a turn the privacy policy kept from being saved
+    if not json_out:
         return
     timings = {"model_load_s": model_load_s, "head_s": session.head.seconds,
                "ttft_s": session.head.seconds + turn.timings["first_token_s"],
@@ -137,6 +140,7 @@ def chat(
         "parametric": turn.parametric,
         "session": session.id,
         "saved": turn.saved,
+        **({"unsaved": turn.unsaved} if turn.unsaved else {}),
         "head": session.head.to_json(),
         "model": session.generator.identity.to_json(),
         "tokens": turn.tokens,
@@ -174,6 +178,7 @@ def _answer_batch(session: Any, questions: list[str]) -> None:
         out.pop("question")
         sys.stdout.write(json.dumps(out, ensure_ascii=False) + "\n")
         sys.stdout.flush()
+        say_notices(session.store)
 
 
 def _start(ctx: typer.Context, options: Any, model: str | None, n_ctx: int | None) -> tuple[Any, float]:
@@ -222,6 +227,7 @@ def _interactive(session: Any) -> None:
             continue
         if not line:
             continue
+        _screen_history(session, line)
         if line.startswith("/"):
             if _command(session, line):
                 return
@@ -236,6 +242,28 @@ def _interactive(session: Any) -> None:
         except MemosError as exc:
             print(f"memos: error: {exc}", file=sys.stderr)
         say_notices(session.store)
+
+
+def _screen_history(session: Any, line: str) -> None:
+    """What the privacy policy keeps out of memory stays out of the line history too: the line
+    just typed is redacted there, or dropped when the policy refuses what it holds."""
+    try:
+        import readline
+    except ImportError:
+        return
+    from memos_cli.privacy.guard import PrivacyError
+
+    try:
+        safe: str | None = session.store.guard(session.options.privacy).text(line)
+    except PrivacyError:
+        safe = None
+    last = readline.get_current_history_length() - 1
+    if safe == line or last < 0 or (readline.get_history_item(last + 1) or "").strip() != line:  # from 1 here
+        return
+    if safe is None:
+        readline.remove_history_item(last)
+    else:
+        readline.replace_history_item(last, safe)
 
 
 def _command(session: Any, line: str) -> bool:

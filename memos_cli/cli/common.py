@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
@@ -132,3 +132,17 @@ def progress_bar(show: bool, first: str = "loading the model") -> Iterator[Calla
             bar.update(task, description=phase, completed=done, total=total)
 
         yield update
+
+
+PrivacyOpt = Annotated[list[str] | None, typer.Option(
+    "--privacy", metavar="ACTION|KIND=ACTION",
+    help="Override the [privacy] policy for this command: refuse, redact or allow, for every kind or for one "
+         "(email=redact, secrets=allow); repeat for more. Recorded in the commit.")]
+
+
+def privacy_override(values: list[str] | None) -> dict[str, str]:
+    """``--privacy`` values, checked before anything else happens."""
+    from memos_cli.privacy.policy import parse_override
+
+    return parse_override(values)
+

@@ -65,6 +65,7 @@ def demo(
         console.rule("memos rollback HEAD~1 (a new commit; the edit stays in history)")
         store.rollback("HEAD~1")
         hits_table(store.recall("Where does Alice live?", 1), "Where does Alice live?")
+        _privacy(console, store)
         _chat(console, store)
         _consolidate(console, store)
         console.rule("memos log (one commit per change)")
@@ -72,6 +73,26 @@ def demo(
             console.print(f"[yellow]{commit.sha[:10]}[/yellow] {commit.when:%Y-%m-%d %H:%M} {commit.subject}")
         if keep:
             console.print(f"\nThe store is kept at {root}: try `memos --store {root} recall 'marathon'`.")
+
+
+def _privacy(console: Any, store: Any) -> None:
+    """A secret refused, then stored redacted; `memos scan` finds nothing left."""
+    from memos_cli.errors import MemosError
+    from memos_cli.privacy.kinds import NAMES
+    from memos_cli.privacy.scan import scan
+
+    text = "The staging deploy uses the AWS key AKIAIOSFODNN7EXAMPLE until May."
+    console.rule("memos add (a secret: refused by the default [privacy] policy, nothing written)")
+    try:
+        store.add(text, user="demo")
+    except MemosError as exc:
+        console.print(f"memos: error: {exc}", style="red", markup=False, highlight=False)
+    console.rule("memos add ... --privacy redact")
+    unit = store.add(text, user="demo", privacy={"*": "redact"})
+    console.print(f"{unit.id}: {unit.text}", markup=False, highlight=False)
+    report = scan(store, NAMES)
+    console.print(f"memos scan --all-kinds: {len(report.findings)} findings in {report.scanned['units']} memories",
+                  highlight=False)
 
 
 def _chat(console: Any, store: Any) -> None:

@@ -56,6 +56,8 @@ def recall(
     context: Annotated[bool, typer.Option("--context/--no-context",
                        help="Bring the neighbouring turns of conversation hits (episodes of one session).")] = True,
     explain: Annotated[bool, typer.Option("--explain", help="Show the signals that ranked each result.")] = False,
+    mask: Annotated[bool, typer.Option("--mask", help="Hide the kinds \\[privacy] mask names (secrets and personal "
+                                                      "data by default) as [redacted:KIND]; memory is not changed.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Find the memories that best match a query (full-text and vector search, fused).
@@ -71,6 +73,8 @@ def recall(
       memos recall "when did Bob move" --explain
 
       memos recall --batch questions.jsonl > answers.jsonl
+
+      memos recall "who to call about the lease" --mask
     """
     if batch is None and not query:
         raise UsageError("give a query, or --batch FILE")
@@ -91,6 +95,8 @@ def recall(
         ks = [kk or store.config.recall_k for kk in ks]
         store.preload_embedder()
         results = store.recall_many(queries, ks, filters, context=context) if queries else []
+        if mask:
+            results = [_masked(store, hits) for hits in results]
         say_notices(store)  # an upgrade or a rebuild of the search table, done on the way
         for q, hits in zip(queries, results, strict=True):
             print_json({"query": q, "results": [h.to_json(explain) for h in hits]})
@@ -99,6 +105,8 @@ def recall(
     store = open_existing_store(ctx)
     store.preload_embedder()
     hits = store.recall(text, k or store.config.recall_k, filters, context=context)
+    if mask:
+        hits = _masked(store, hits)
     say_notices(store)
     if json_out:
         print_json({"query": text, "results": [h.to_json(explain) for h in hits]})
@@ -106,6 +114,17 @@ def recall(
         from .render import hits_table
 
         hits_table(hits, text, explain)
+
+
+def _masked(store: Any, hits: list[Any]) -> list[Any]:
+    """Copies of the hits with what the privacy policy's ``mask`` names hidden."""
+    import dataclasses
+
+    from memos_cli.privacy.guard import masker
+
+    mask = masker(store.config.privacy)
+    return [dataclasses.replace(h, unit=mask(h.unit), before=[mask(u) for u in h.before], after=[mask(u) for u in h.after])
+            for h in hits]
 
 
 @app.command("list")

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from .app import app
-from .common import iter_json_lines, open_store, print_json, read_source, say_notices
+from .common import PrivacyOpt, iter_json_lines, open_store, print_json, privacy_override, read_source, say_notices
 
 KindOpt = Annotated[str, typer.Option("--kind", metavar="KIND", help="fact, preference, episode, note, or a word of your own.")]
 TagOpt = Annotated[list[str] | None, typer.Option("--tag", "-t", metavar="TAG", help="A tag; repeat for more.")]
@@ -50,9 +50,14 @@ def add(
     cube: CubeOpt = "default",
     user: UserOpt = None,
     pin: Annotated[bool, typer.Option("--pin", help="Pin it: always in context (see `memos pin`).")] = False,
+    privacy: PrivacyOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Remember something; prints the new id.
+
+    Text and meta are screened first: by default a secret (an API key, a
+    token, a password) is refused with one line naming its kind, and nothing
+    is written; `memos config` shows the [privacy] policy.
 
     Examples:
 
@@ -61,14 +66,17 @@ def add(
       echo "standup moved to 10:00" | memos add - --ttl 30d
 
       memos add "Answer in British English" --kind preference --pin
+
+      memos add "Bob's e-mail is bob@example.org" --privacy email=redact
     """
     from memos_cli.plaintext.units import parse_meta_pairs
 
+    override = privacy_override(privacy)
     body = read_source("-", "text") if text == ["-"] else " ".join(text)
     store = open_store(ctx)
     unit = store.add(
         body, kind=kind, tags=tag or [], meta=parse_meta_pairs(meta or []), time=time_, ttl=ttl,
-        importance=importance, cube=cube, user=user, pinned=pin,
+        importance=importance, cube=cube, user=user, pinned=pin, privacy=override,
     )
     say_notices(store)
     if json_out:
@@ -84,6 +92,7 @@ def import_(
     kind: KindOpt = "note",
     cube: CubeOpt = "default",
     user: UserOpt = None,
+    privacy: PrivacyOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Import many memories in one commit, all or nothing.
@@ -92,10 +101,12 @@ def import_(
     optionally "cube", "user", "importance", "ttl", "sources", "pinned"
     (true: always in context, see `memos pin`). Flags give the
     defaults for fields a line leaves out. A bad line is reported by its
-    number and nothing is imported.
+    number and nothing is imported; so is a secret the [privacy] policy
+    refuses (--privacy redact stores it as [redacted:KIND] instead).
 
     Example: memos import chats.jsonl --cube work
     """
+    override = privacy_override(privacy)
     text = read_source(source, "input")
     total = sum(1 for line in text.split("\n") if line.strip())
     records = iter_json_lines(text)  # parsed as the import checks them: the first bad line is the one named
@@ -108,10 +119,10 @@ def import_(
         with Progress(TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                       transient=True) as bar:
             task = bar.add_task("import", total=total)
-            units = store.import_records(records, defaults=defaults,
+            units = store.import_records(records, defaults=defaults, privacy=override,
                                          progress=lambda done, total: bar.update(task, completed=done))
     else:
-        units = store.import_records(records, defaults=defaults)
+        units = store.import_records(records, defaults=defaults, privacy=override)
     seconds = time.perf_counter() - started
     say_notices(store)
     if json_out:

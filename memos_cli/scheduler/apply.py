@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from memos_cli.errors import MemosError, UsageError
 from memos_cli.plaintext.units import MemoryUnit, build_unit, iso, utcnow
+from memos_cli.privacy.guard import PrivacyError
 from memos_cli.scheduler.model import ModelSlot
 from memos_cli.scheduler.report import HEAT_ACTIONS, Action, Report
 from memos_cli.scheduler.scope import (
@@ -42,8 +43,16 @@ def apply_plan(store: MemoryStore, report: Report, snaps: dict[str, Snapshot]) -
     if not edits:
         return
     new_units: dict[int, MemoryUnit] = {}
+    # A summary is new text, written by the model: the privacy policy applies to it.
+    guard = store.guard() if any(a.action == "summarise" for a in edits) else None
     for a in edits:  # summaries are built and embedded before the lock
         if a.action == "summarise":
+            assert guard is not None
+            try:
+                a.extra["text"] = guard.text(a.extra["text"], "the summary")
+            except PrivacyError as exc:
+                a.status, a.note = "skipped", f"the summary holds {exc.kind} text the privacy policy refuses; not written"
+                continue
             new_units[id(a)] = _summary_unit(a, {u.id: u for u in snaps[a.cube].units})
     if new_units:
         store.embed(list(new_units.values()))

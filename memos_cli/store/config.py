@@ -6,7 +6,9 @@ wrong type or out of range make the store refuse to open with a message that nam
 the key. Sections memos does not know are kept as they are, and so are unknown keys
 in the sections ``[store]``, ``[embedding]``, ``[lock]``, ``[recall]`` and ``[chat]``;
 the ``[consolidate.*]`` tables (``policy.ConsolidatePolicy``) are strict: an unknown
-key there is an error, since a typo in a policy run from cron must not go unnoticed.
+key there is an error, since a typo in a policy run from cron must not go unnoticed,
+and so is ``[privacy]`` (``privacy.policy.PrivacyPolicy``), where a typo would leave
+a kind unguarded.
 
 ``StoreConfig.with_value`` and ``without`` return a new, checked config with one
 setting changed; ``MemoryStore.set_config`` writes it and commits it.
@@ -21,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from memos_cli.errors import StoreError, UsageError
+from memos_cli.privacy import policy as privacy_policy
+from memos_cli.privacy.policy import PrivacyPolicy
 from memos_cli.store.policy import (
     SECTION,
     Check,
@@ -40,6 +44,7 @@ from memos_cli.store.policy import (
 SCHEMA_VERSION = 3
 CONFIG_NAME = "memos.toml"
 CONSOLIDATE = SECTION  # the [consolidate] tables
+PRIVACY = privacy_policy.SECTION  # the [privacy] table
 DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 
 
@@ -114,7 +119,7 @@ class Setting:
 
 def all_keys() -> list[str]:
     """Every setting's dotted key, in the order ``memos config`` shows them."""
-    return [s.key for s in _SPECS] + policy_keys()
+    return [s.key for s in _SPECS] + policy_keys() + privacy_policy.keys()
 
 
 @dataclass
@@ -129,6 +134,8 @@ class StoreConfig:
     chat_ctx: int | None = None  # the chat's context size in tokens; None: 8192
     consolidate: ConsolidatePolicy = field(default_factory=ConsolidatePolicy)  # the policy of `memos consolidate`
     consolidate_keys: frozenset[str] = frozenset()  # its keys present in memos.toml: written back even at defaults
+    privacy: PrivacyPolicy = field(default_factory=PrivacyPolicy)  # what writes do with secrets and personal data
+    privacy_keys: frozenset[str] = frozenset()  # its keys present in memos.toml
     extra: dict[str, Any] = field(default_factory=dict)  # sections we do not know, kept as they are
     extra_keys: dict[str, dict[str, Any]] = field(default_factory=dict)  # unknown keys of known sections, kept too
 
@@ -178,9 +185,11 @@ class StoreConfig:
                 else:
                     values[spec.attr] = spec.check(spec.key, value)
         raw = data.get(CONSOLIDATE, {})
+        private = data.get(PRIVACY, {})
         return cls(**values, consolidate=ConsolidatePolicy.from_table(raw),
                    consolidate_keys=frozenset(table_keys(raw)),
-                   extra={k: v for k, v in data.items() if k not in (*_SECTIONS, CONSOLIDATE)},
+                   privacy=PrivacyPolicy.from_table(private), privacy_keys=frozenset(privacy_policy.table_keys(private)),
+                   extra={k: v for k, v in data.items() if k not in (*_SECTIONS, CONSOLIDATE, PRIVACY)},
                    extra_keys=extra_keys)
 
     def to_doc(self) -> dict[str, Any]:
@@ -200,6 +209,9 @@ class StoreConfig:
         policy = self.consolidate.to_table(self.consolidate_keys)
         if policy:
             doc[CONSOLIDATE] = policy
+        private = self.privacy.to_table(self.privacy_keys)
+        if private:
+            doc[PRIVACY] = private
         doc.update(self.extra)
         return doc
 
@@ -213,6 +225,7 @@ class StoreConfig:
             "# [chat] model: a path to a GGUF chat model (default: Gemma 3 270M); ctx: its context size.\n"
             "# [consolidate.*]: the policy of `memos consolidate` (duplicates, superseded, expiry, heat,\n"
             "# episodes, compaction); only the settings changed from their defaults need be here.\n"
+            "# [privacy]: what writes do with secrets and personal data (refuse, redact, allow).\n"
         )
         return header + tomli_w.dumps(self.to_doc())
 
@@ -222,6 +235,7 @@ class StoreConfig:
         """Every setting with its value and default, in order."""
         out = [Setting(s.key, getattr(self, s.attr), s.default, s.help, s.read_only) for s in _SPECS]
         out += [Setting(p.key, p.value, p.default, p.help) for p in self.consolidate.settings()]
+        out += [Setting(p.key, p.value, p.default, p.help) for p in self.privacy.settings()]
         return out
 
     def get(self, key: str) -> Setting:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from memos_cli.errors import StoreError, UsageError
 from memos_cli.plaintext import files
@@ -13,16 +13,31 @@ from memos_cli.store import layout, params
 from memos_cli.store.config import CONFIG_NAME, StoreConfig
 from memos_cli.store.policy import toml_literal
 
+if TYPE_CHECKING:
+    from memos_cli.privacy.guard import Guard, Screening
+
 EMBED_BATCH = 256
 
 
 class Writes:
     """``MemoryStore``'s writes (a mixin: ``self`` is the store); each is one transaction."""
 
-    def add(self, text: str, **fields: Any) -> MemoryUnit:
-        """Add one unit; see ``build_unit`` for the fields."""
+    def guard(self, privacy: dict[str, str] | None = None) -> Guard:
+        """The privacy guard of one write: the store's ``[privacy]`` policy under a command's
+        override (``privacy.policy.parse_override``)."""
+        from memos_cli.privacy.guard import Guard
+        from memos_cli.privacy.policy import PrivacyPolicy
+
+        return Guard(self.config.privacy if self.exists() else PrivacyPolicy(), privacy)
+
+    def add(self, text: str, *, privacy: dict[str, str] | None = None, **fields: Any) -> MemoryUnit:
+        """Add one unit; see ``build_unit`` for the fields. Its text and meta are screened
+        first (``privacy``: the command's override of the policy)."""
         unit = build_unit(text, **fields)
-        self._write_new([unit], op="add")
+        self.preload_embedder()  # loads (llama.cpp, without the GIL) while the detectors are imported
+        guard = self.guard(privacy)
+        guard.unit(unit)
+        self._write_new([unit], op="add", screening=guard.screening)
         return unit
 
     def import_records(
@@ -31,12 +46,16 @@ class Writes:
         *,
         defaults: dict[str, Any] | None = None,
         progress: Callable[[int, int], None] | None = None,
+        privacy: dict[str, str] | None = None,
     ) -> list[MemoryUnit]:
         """Import (line number, JSON object) pairs, all in one commit or none.
 
-        Every record is validated before anything is written; the first bad
+        Every record is validated and screened (``privacy``: the command's
+        override of the policy) before anything is written; the first bad
         one raises ``UsageError`` naming its line.
         """
+        self.preload_embedder()  # loads (llama.cpp, without the GIL) while the detectors are imported
+        guard = self.guard(privacy)
         allowed = {"text", "time", "kind", "tags", "meta", "sources", "cube", "user", "importance", "ttl", "pinned"}
         defaults = defaults or {}
         now = utcnow()
@@ -51,16 +70,19 @@ class Writes:
                 raise UsageError(f"line {lineno}: missing \"text\"")
             args = {**defaults, **{k: v for k, v in rec.items() if k != "text" and v is not None}}
             try:
-                units.append(build_unit(rec["text"], now=now, **args))
+                unit = build_unit(rec["text"], now=now, **args)
             except UsageError as exc:
                 raise UsageError(f"line {lineno}: {exc}") from None
+            guard.unit(unit, f"line {lineno}")
+            units.append(unit)
         if not units:
             raise UsageError("nothing to import: the input has no records")
-        self._write_new(units, op="import", progress=progress)
+        self._write_new(units, op="import", progress=progress, screening=guard.screening)
         return units
 
     def _write_new(
-        self, units: list[MemoryUnit], *, op: str, progress: Callable[[int, int], None] | None = None
+        self, units: list[MemoryUnit], *, op: str, progress: Callable[[int, int], None] | None = None,
+        screening: Screening | None = None,
     ) -> None:
         cubes = sorted({u.cube for u in units})
         users = sorted({u.user for u in units})
@@ -69,14 +91,20 @@ class Writes:
         with self.transaction(op, cube=",".join(cubes), user=",".join(users)) as txn:
             self.save(txn, units, new=True)
             txn.ids = [u.id for u in units]
+            if screening is not None:
+                screening.record(txn)
+        if screening is not None and (notice := screening.notice()):
+            self.notices.append(notice)
 
-    def edit(self, uid: str, changes: dict[str, Any], *, expect_version: int | None = None) -> MemoryUnit | None:
+    def edit(self, uid: str, changes: dict[str, Any], *, expect_version: int | None = None,
+             privacy: dict[str, str] | None = None) -> MemoryUnit | None:
         """Change a unit's fields; a new version of it. Returns it, or None when nothing changed.
 
         ``changes`` holds validated values for any of text, kind, tags, meta,
-        importance, time, expires_at, valid_from, valid_to. A changed text is
-        re-embedded. With ``expect_version``, refuses when someone else
-        changed the unit meanwhile (an editor session).
+        importance, time, expires_at, valid_from, valid_to. A new text and meta
+        are screened first (``privacy``: the command's override of the policy).
+        A changed text is re-embedded. With ``expect_version``, refuses when
+        someone else changed the unit meanwhile (an editor session).
         """
         editable = {"text", "kind", "tags", "meta", "importance", "time", "expires_at", "valid_from", "valid_to"}
         unknown = sorted(set(changes) - editable)
@@ -86,6 +114,19 @@ class Writes:
         changes = {k: v for k, v in changes.items() if getattr(current, k) != v}
         if not changes:
             return None
+        # Only what is new is screened: a changed text, and the meta entries added or changed (what
+        # was stored before, under another policy or an override, is `memos scan`'s to report).
+        if "text" in changes:
+            self.preload_embedder()  # a new text is embedded: the model loads while it is screened
+        guard = self.guard(privacy) if privacy or "text" in changes or "meta" in changes else None
+        if guard is not None and "text" in changes:
+            changes["text"] = guard.text(changes["text"], "the new text")
+        if guard is not None and "meta" in changes:
+            meta: dict[str, Any] = {}
+            for key, value in changes["meta"].items():
+                same = key in current.meta and current.meta[key] == value
+                meta.update({key: value} if same else guard.value({key: value}, "meta"))
+            changes["meta"] = meta
         vector = None
         if "text" in changes:  # embed before the lock
             vector = self.embedder.embed([changes["text"]])[0].tolist()
@@ -103,6 +144,10 @@ class Writes:
             self.save(txn, [unit])
             txn.ids = [unit.id]
             txn.details.append(f"{unit.id}: version {unit.version}, changed {', '.join(sorted(changes))}")
+            if guard is not None:
+                guard.screening.record(txn)
+        if guard is not None and (notice := guard.screening.notice()):
+            self.notices.append(notice)
         return unit
 
     def forget(self, ids: list[str]) -> list[MemoryUnit]:
