@@ -136,7 +136,7 @@ def progress_bar(show: bool, first: str = "loading the model") -> Iterator[Calla
 
 PrivacyOpt = Annotated[list[str] | None, typer.Option(
     "--privacy", metavar="ACTION|KIND=ACTION",
-    help="Override the [privacy] policy for this command: refuse, redact or allow, for every kind or for one "
+    help="Override the \\[privacy] policy for this command: refuse, redact or allow, for every kind or for one "
          "(email=redact, secrets=allow); repeat for more. Recorded in the commit.")]
 
 

@@ -82,7 +82,7 @@ def _privacy(console: Any, store: Any) -> None:
     from memos_cli.privacy.scan import scan
 
     text = "The staging deploy uses the AWS key AKIAIOSFODNN7EXAMPLE until May."
-    console.rule("memos add (a secret: refused by the default [privacy] policy, nothing written)")
+    console.rule("memos add (a secret: refused by the default \\[privacy] policy, nothing written)")
     try:
         store.add(text, user="demo")
     except MemosError as exc:

@@ -57,7 +57,7 @@ def recall(
                        help="Bring the neighbouring turns of conversation hits (episodes of one session).")] = True,
     explain: Annotated[bool, typer.Option("--explain", help="Show the signals that ranked each result.")] = False,
     mask: Annotated[bool, typer.Option("--mask", help="Hide the kinds \\[privacy] mask names (secrets and personal "
-                                                      "data by default) as [redacted:KIND]; memory is not changed.")] = False,
+                                                      "data by default) as \\[redacted:KIND]; memory is not changed.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Find the memories that best match a query (full-text and vector search, fused).

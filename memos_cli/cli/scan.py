@@ -18,7 +18,7 @@ def scan(
     kind: Annotated[list[str] | None, typer.Option(
         "--kind", "-k", metavar="KIND",
         help="Look for this kind or group (secrets, personal); repeat for more. Default: every kind the "
-             "[privacy] policy does not allow.")] = None,
+             "\\[privacy] policy does not allow.")] = None,
     all_kinds: Annotated[bool, typer.Option("--all-kinds", help="Look for every kind, allowed or not.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
 ) -> None:

@@ -57,7 +57,7 @@ def add(
 
     Text and meta are screened first: by default a secret (an API key, a
     token, a password) is refused with one line naming its kind, and nothing
-    is written; `memos config` shows the [privacy] policy.
+    is written; `memos config` shows the \\[privacy] policy.
 
     Examples:
 
@@ -101,8 +101,8 @@ def import_(
     optionally "cube", "user", "importance", "ttl", "sources", "pinned"
     (true: always in context, see `memos pin`). Flags give the
     defaults for fields a line leaves out. A bad line is reported by its
-    number and nothing is imported; so is a secret the [privacy] policy
-    refuses (--privacy redact stores it as [redacted:KIND] instead).
+    number and nothing is imported; so is a secret the \\[privacy] policy
+    refuses (--privacy redact stores it as \\[redacted:KIND] instead).
 
     Example: memos import chats.jsonl --cube work
     """
