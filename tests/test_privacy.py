@@ -217,6 +217,8 @@ def test_bad_privacy_settings_and_flags_get_one_line(cli, tmp_path: Path) -> Non
     before = head(root)
     assert_clean_failure(cli("add", "two", "--privacy", "maybe"), root, before, "bad --privacy")
     assert_clean_failure(cli("add", "two", "--privacy", "emial=allow"), root, before, "did you mean email")
+    assert_clean_failure(cli("scan", "--kind", "emial"), root, before, "did you mean email")
+    assert_clean_failure(cli("scan", "--kind", "personal", store=root.parent / "nowhere"), None, None, "no memos store")
     assert_clean_failure(cli("config", "set", "privacy.secrets", "drop"), root, before, "refuse")
     assert_clean_failure(cli("config", "set", "privacy.pasword", "allow"), root, before, "unknown setting")
     # A malformed table written by hand: the store refuses to open, and nothing is written.

@@ -308,7 +308,7 @@ class ChatSession:
         try:
             return self._add_episode(turn)
         except PrivacyError as exc:
-            turn.unsaved = str(exc).replace("nothing was written", "this turn was not saved")
+            turn.unsaved = f"{exc.finding}; this turn was not saved. {exc.hint}"
             self.store.notices.append(turn.unsaved)
             return None
 

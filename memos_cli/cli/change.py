@@ -12,9 +12,10 @@ from typing import Annotated, Any
 import typer
 
 from memos_cli.errors import MemosError, UsageError
+from memos_cli.privacy.policy import parse_override
 
 from .app import app
-from .common import PrivacyOpt, confirm, open_existing_store, print_json, privacy_override, read_source, say_notices
+from .common import PrivacyOpt, confirm, open_existing_store, print_json, read_source, say_notices
 from .read import CubeF, KindF, SinceF, TagF, UntilF, UserF, _filters
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
@@ -52,7 +53,7 @@ def edit(
     """
     from memos_cli.plaintext.units import check_importance, check_meta, check_tags, check_text, parse_meta_pairs, parse_time
 
-    override = privacy_override(privacy)
+    override = parse_override(privacy)
     store = open_existing_store(ctx)
     unit = store.get(unit_id)
     scripted = any(v is not None for v in (text, tag, untag, meta, kind, importance, time_))

@@ -10,9 +10,10 @@ from typing import Annotated, Any
 import typer
 
 from memos_cli.errors import MemosError, UsageError
+from memos_cli.privacy.policy import parse_override
 
 from .app import app
-from .common import PrivacyOpt, open_store, print_json, privacy_override, read_source, say_notices
+from .common import PrivacyOpt, open_store, print_json, read_source, say_notices
 from .read import KindF, SinceF, TagF, UntilF, _filters
 
 HELP = """\
@@ -111,7 +112,7 @@ def chat(
     options = ChatOptions(cube=cube, user=user, filters=filters, k=k, budget=budget, temperature=temperature,
                           max_tokens=max_tokens, seed=seed, use_kv=not no_kv, kv_id=kv, rebuild=rebuild,
                           save=not no_save, keep_head=text is None or batch is not None, recall=not no_recall,
-                          params=named, use_params=not no_param, privacy=privacy_override(privacy))
+                          params=named, use_params=not no_param, privacy=parse_override(privacy))
     started = time.perf_counter()
     session, model_load_s = _start(ctx, options, model, n_ctx)
     if batch is not None:

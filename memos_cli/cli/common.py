@@ -139,10 +139,3 @@ PrivacyOpt = Annotated[list[str] | None, typer.Option(
     help="Override the \\[privacy] policy for this command: refuse, redact or allow, for every kind or for one "
          "(email=redact, secrets=allow); repeat for more. Recorded in the commit.")]
 
-
-def privacy_override(values: list[str] | None) -> dict[str, str]:
-    """``--privacy`` values, checked before anything else happens."""
-    from memos_cli.privacy.policy import parse_override
-
-    return parse_override(values)
-

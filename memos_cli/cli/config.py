@@ -12,7 +12,7 @@ from .common import open_existing_store, print_json, say_notices
 config_app = typer.Typer(
     help=(
         "Show and change the store's settings (memos.toml).\n\n"
-        "The models, the lock, recall, chat and the policy of memos consolidate. A change is checked, "
+        "The models, the lock, recall, chat, the policy of memos consolidate and the privacy policy. A change is checked, "
         "then committed like any write.\n\n"
         "Examples:\n\n"
         "  memos config\n\n"

@@ -39,26 +39,17 @@ def scan(
 
       memos scan --kind email --kind phone
     """
-    from memos_cli.privacy.kinds import GROUPS, NAMES, in_group
-    from memos_cli.privacy.policy import unknown_kind
+    from memos_cli.privacy.kinds import NAMES
+    from memos_cli.privacy.policy import expand
+    from memos_cli.privacy.scan import scan as run_scan
 
     store = open_existing_store(ctx)
     if all_kinds:
         kinds = NAMES
     elif kind:
-        chosen: list[str] = []
-        for name in kind:
-            if name in GROUPS:
-                chosen += in_group(name)
-            elif name in NAMES:
-                chosen.append(name)
-            else:
-                raise unknown_kind(name, f"--kind {name!r}")
-        kinds = tuple(k for k in NAMES if k in chosen)
+        kinds = expand(kind, "--kind")
     else:
-        actions = store.config.privacy.actions()
-        kinds = tuple(k for k in NAMES if actions[k] != "allow")
-    from memos_cli.privacy.scan import scan as run_scan
+        kinds = store.config.privacy.guarded()
 
     with progress_bar(not json_out, "scanning units") as progress:
         report = run_scan(store, kinds, history=history, progress=progress)

@@ -8,8 +8,10 @@ from typing import Annotated
 
 import typer
 
+from memos_cli.privacy.policy import parse_override
+
 from .app import app
-from .common import PrivacyOpt, iter_json_lines, open_store, print_json, privacy_override, read_source, say_notices
+from .common import PrivacyOpt, iter_json_lines, open_store, print_json, read_source, say_notices
 
 KindOpt = Annotated[str, typer.Option("--kind", metavar="KIND", help="fact, preference, episode, note, or a word of your own.")]
 TagOpt = Annotated[list[str] | None, typer.Option("--tag", "-t", metavar="TAG", help="A tag; repeat for more.")]
@@ -71,7 +73,7 @@ def add(
     """
     from memos_cli.plaintext.units import parse_meta_pairs
 
-    override = privacy_override(privacy)
+    override = parse_override(privacy)
     body = read_source("-", "text") if text == ["-"] else " ".join(text)
     store = open_store(ctx)
     unit = store.add(
@@ -106,7 +108,7 @@ def import_(
 
     Example: memos import chats.jsonl --cube work
     """
-    override = privacy_override(privacy)
+    override = parse_override(privacy)
     text = read_source(source, "input")
     total = sum(1 for line in text.split("\n") if line.strip())
     records = iter_json_lines(text)  # parsed as the import checks them: the first bad line is the one named

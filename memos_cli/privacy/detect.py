@@ -18,6 +18,7 @@ import re
 import sys
 import types
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,7 +53,7 @@ _GENERIC = ("password", "high-entropy")
 # A secret is a token: a match is widened to the whole run of token characters around it
 # (a JWT's signature, a GitHub token from its "ghp" prefix). '=' and '.' only to the right
 # (base64 padding, a JWT's dots), so "password=..." keeps its key.
-_LEFT = re.compile(r"[A-Za-z0-9_\-+/]*\Z")
+_LEFT = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-+/")
 _RIGHT = re.compile(r"[A-Za-z0-9_\-+/=.]*")
 _BLOCK_END = re.compile(r"-----END[ A-Z0-9]*PRIVATE KEY[ A-Z]*-----|---- END SSH2 ENCRYPTED PRIVATE KEY ----")
 # A keyword's value in prose ("password: hunter2") must look like a credential, not a word.
@@ -103,15 +104,21 @@ class _Deferred(types.ModuleType):
         return getattr(real, name)
 
 
-def _load(path: str) -> type:
+@contextmanager
+def _importing_plugins() -> Iterator[None]:
+    """Around every import of detect-secrets: ``requests`` deferred (see ``_Deferred``)."""
     if "requests" not in sys.modules and "detect_secrets" not in sys.modules:
         sys.modules["requests"] = _Deferred("requests")
-    module, _, name = path.rpartition(".")
     _Deferred.importing_plugins = True
     try:
-        return getattr(importlib.import_module(f"detect_secrets.plugins.{module}"), name)
+        yield
     finally:
         _Deferred.importing_plugins = False
+
+
+def _load(path: str) -> type:
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(f"detect_secrets.plugins.{module}"), name)
 
 
 class Detector:
@@ -122,24 +129,8 @@ class Detector:
         self.phone_region = phone_region.upper() or None
         self._plugins: list[tuple[str, Any]] = []
         try:
-            for kind in self.kinds:
-                for path in _PLUGINS.get(kind, ()):
-                    self._plugins.append((kind, _load(path)()))
-            if "password" in self.kinds:
-                from detect_secrets.plugins import keyword
-
-                self._keyword_regexes = (keyword.QUOTES_REQUIRED_DENYLIST_REGEX_TO_GROUP,
-                                         keyword.CONFIG_DENYLIST_REGEX_TO_GROUP)
-                # Its patterns all need one of its keywords: looked for first, they skip the slow
-                # patterns (0.6 ms a line) on the lines without one.
-                self._keyword_seen = re.compile("|".join(keyword.DENYLIST), re.IGNORECASE)
-            if self.kinds:
-                from detect_secrets.filters import heuristic
-
-                self._ignore: tuple[Callable[[str], bool], ...] = (
-                    heuristic.is_sequential_string, heuristic.is_potential_uuid,
-                    heuristic.is_templated_secret, heuristic.is_prefixed_with_dollar_sign)
-                self._indirect = heuristic.is_indirect_reference
+            with _importing_plugins():
+                self._load_secrets()
             if "phone" in self.kinds:
                 import phonenumbers
 
@@ -155,6 +146,26 @@ class Detector:
         except Exception as exc:  # an ImportError, or a plugin that changed shape in a new release
             raise DetectorError(f"the privacy detectors failed to load ({type(exc).__name__}: {exc}); "
                                 "nothing was written or scanned: reinstall memos (pip install -e .)") from None
+
+    def _load_secrets(self) -> None:
+        for kind in self.kinds:
+            for path in _PLUGINS.get(kind, ()):
+                self._plugins.append((kind, _load(path)()))
+        if "password" in self.kinds:
+            from detect_secrets.plugins import keyword
+
+            self._keyword_regexes = (keyword.QUOTES_REQUIRED_DENYLIST_REGEX_TO_GROUP,
+                                     keyword.CONFIG_DENYLIST_REGEX_TO_GROUP)
+            # Its patterns all need one of its keywords: looked for first, they skip the slow
+            # patterns (0.6 ms a line) on the lines without one.
+            self._keyword_seen = re.compile("|".join(keyword.DENYLIST), re.IGNORECASE)
+        if any(k in self.kinds for k in _GENERIC):
+            from detect_secrets.filters import heuristic
+
+            self._ignore: tuple[Callable[[str], bool], ...] = (
+                heuristic.is_sequential_string, heuristic.is_potential_uuid,
+                heuristic.is_templated_secret, heuristic.is_prefixed_with_dollar_sign)
+            self._indirect = heuristic.is_indirect_reference
 
     def find(self, text: str) -> list[Finding]:
         """Every finding in ``text``, in order, none overlapping (the earlier kind wins)."""
@@ -238,7 +249,9 @@ def _spans(line: str, value: str, plugin: Any) -> Iterator[tuple[int, int]]:
     patterns = getattr(plugin, "denylist", ())
     at = line.find(value)
     while at >= 0:
-        start = at - len(_LEFT.search(line, 0, at).group())
+        start = at
+        while start > 0 and line[start - 1] in _LEFT:
+            start -= 1
         end = _RIGHT.match(line, at + len(value)).end()
         while end > at + len(value) and line[end - 1] == ".":
             end -= 1  # a sentence's full stop is not part of the token

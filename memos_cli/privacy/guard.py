@@ -27,11 +27,13 @@ if TYPE_CHECKING:
 
 
 class PrivacyError(UsageError):
-    """A write refused by the privacy policy; nothing was written."""
+    """A write refused by the privacy policy; nothing was written. ``finding`` says what and where,
+    ``hint`` how to store it anyway; a caller that is not a plain write (a chat turn) words the rest."""
 
-    def __init__(self, message: str, kind: str) -> None:
-        super().__init__(message)
-        self.kind = kind
+    def __init__(self, finding: str, kind: str) -> None:
+        self.finding, self.kind = finding, kind
+        self.hint = f"Store it as {marker(kind)} with --privacy redact, or as given with --privacy {kind}=allow"
+        super().__init__(f"{finding}; nothing was written. {self.hint}")
 
 
 def marker(kind: str) -> str:
@@ -94,10 +96,10 @@ class Guard:
     def __init__(self, policy: PrivacyPolicy, override: dict[str, str] | None = None) -> None:
         self.override = dict(override or {})
         self.actions = policy.actions(self.override)
-        plain = policy.actions()
         # Looked for: what this command refuses or redacts, and what only the override lets
         # through (so the commit can say it was there).
-        wanted = tuple(k for k, a in self.actions.items() if a != "allow" or plain[k] != "allow")
+        guarded = policy.guarded()
+        wanted = tuple(k for k, a in self.actions.items() if a != "allow" or k in guarded)
         self.detector = detector(wanted, policy.phone_region) if wanted else None
         self.screening = Screening(override=self.override)
 
@@ -113,10 +115,7 @@ class Guard:
                 line_start = text.rfind("\n", 0, f.start) + 1
                 at = f"line {text.count(chr(10), 0, f.start) + 1}, " if "\n" in text else ""
                 first, last = f.start - line_start + 1, f.end - line_start
-                raise PrivacyError(
-                    f"{where} holds {_article(f.kind)} {f.kind} ({at}characters {first}-{last}); nothing was "
-                    f"written. Store it as {marker(f.kind)} with --privacy redact, or as given with "
-                    f"--privacy {f.kind}=allow", f.kind)
+                raise PrivacyError(f"{where} holds {_article(f.kind)} {f.kind} ({at}characters {first}-{last})", f.kind)
         doomed = {f.kind for f in findings if self.actions[f.kind] == "redact"}
         for f in findings:
             (self.screening.redacted if f.kind in doomed else self.screening.allowed)[f.kind] += 1

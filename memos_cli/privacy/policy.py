@@ -52,9 +52,7 @@ def _kinds(key: str, value: Any) -> tuple[str, ...]:
     """A list of kinds and groups, kept as given (groups are expanded by ``masked``)."""
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
         raise bad_value(key, value, 'use a list of kinds or groups, such as ["secrets", "email"]')
-    for v in value:
-        if v not in BY_NAME and v not in GROUPS:
-            raise unknown_kind(v, key)
+    expand(value, key)  # every name known
     return tuple(dict.fromkeys(value))
 
 
@@ -62,6 +60,20 @@ def _region(key: str, value: Any) -> str:
     if not isinstance(value, str) or not (value == "" or (len(value) == 2 and value.isalpha())):
         raise bad_value(key, value, 'use a two-letter region such as "GB", or "" for international numbers only')
     return value.upper()
+
+
+def expand(names: Iterable[str], where: str = "") -> tuple[str, ...]:
+    """Kinds and groups as the kinds they name, in ``NAMES`` order; an unknown one is a
+    ``UsageError`` (``where``: the setting or flag that gave it)."""
+    chosen: set[str] = set()
+    for name in names:
+        if name in GROUPS:
+            chosen.update(in_group(name))
+        elif name in BY_NAME:
+            chosen.add(name)
+        else:
+            raise unknown_kind(name, where)
+    return tuple(k for k in NAMES if k in chosen)
 
 
 def unknown_kind(name: str, where: str = "") -> UsageError:
@@ -114,12 +126,13 @@ class PrivacyPolicy:
         override = override or {}
         return {k: override.get(k) or override.get("*") or self.action(k) for k in NAMES}
 
+    def guarded(self) -> tuple[str, ...]:
+        """The kinds a write looks for under the policy alone: those it does not allow."""
+        return tuple(k for k in NAMES if self.action(k) != "allow")
+
     def masked(self) -> tuple[str, ...]:
         """The kinds ``--mask`` hides, groups expanded."""
-        chosen = set()
-        for name in self.mask:
-            chosen.update(in_group(name) if name in GROUPS else (name,))
-        return tuple(k for k in NAMES if k in chosen)
+        return expand(self.mask)
 
     def settings(self) -> Iterator[PolicySetting]:
         yield PolicySetting(f"{SECTION}.secrets", self.secrets, _DEFAULTS[SECRETS], _HELP[SECRETS])
@@ -161,12 +174,8 @@ def parse_override(values: Iterable[str] | None) -> dict[str, str]:
             raise UsageError(f"bad --privacy {raw!r}: {_ALLOWED_ACTION}, alone or as KIND=ACTION")
         if name == "*":
             out["*"] = action
-        elif name in GROUPS:
-            out.update(dict.fromkeys(in_group(name), action))
-        elif name in BY_NAME:
-            out[name] = action
         else:
-            raise unknown_kind(name, f"--privacy {raw!r}")
+            out.update(dict.fromkeys(expand([name], f"--privacy {raw!r}"), action))
     return out
 
 
