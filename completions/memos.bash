@@ -56,7 +56,7 @@ _memos()
         if [[ $cur == -* ]]; then
             COMPREPLY=($(compgen -W "--store -s --version --help -h" -- "$cur"))
         else
-            COMPREPLY=($(compgen -W "add chat check compact config consolidate demo diff edit forget import init kv learn list log param pin purge recall rollback scan show stats steer unpin" -- "$cur"))
+            COMPREPLY=($(compgen -W "add chat check clone compact config conflicts consolidate demo diff edit export forget import init kv learn list log param pin purge recall remote rollback scan show stats steer sync unpin" -- "$cur"))
         fi
         return 0
     fi
@@ -90,6 +90,13 @@ _memos()
                 COMPREPLY=($(compgen -W "--repair --json --help -h" -- "$cur"))
             fi
             ;;
+        clone)
+            if [[ $cur == -* ]]; then
+                COMPREPLY=($(compgen -W "--json --help -h" -- "$cur"))
+            else
+                _memos_dirs "$cur"
+            fi
+            ;;
         compact)
             if [[ $cur == -* ]]; then
                 COMPREPLY=($(compgen -W "--json --help -h" -- "$cur"))
@@ -98,6 +105,16 @@ _memos()
         config)
             if [[ $cur == -* ]]; then
                 COMPREPLY=($(compgen -W "--json --help -h" -- "$cur"))
+            fi
+            ;;
+        conflicts)
+            case "$prev" in
+                --limit|-n)
+                    :  # a value with nothing to offer
+                    return 0 ;;
+            esac
+            if [[ $cur == -* ]]; then
+                COMPREPLY=($(compgen -W "--limit -n --json --help -h" -- "$cur"))
             fi
             ;;
         consolidate)
@@ -138,6 +155,25 @@ _memos()
                 COMPREPLY=($(compgen -W "--text --tag -t --untag --meta -m --kind --importance --time --privacy --json --help -h" -- "$cur"))
             fi
             ;;
+        export)
+            case "$prev" in
+                --format|-f)
+                    COMPREPLY=($(compgen -W "jsonl markdown pack" -- "$cur"))
+                    return 0 ;;
+                --output|-o)
+                    _memos_files "$cur"
+                    return 0 ;;
+                --kind|--tag|-t|--cube|--user|--since|--until)
+                    :  # a value with nothing to offer
+                    return 0 ;;
+                --status)
+                    COMPREPLY=($(compgen -W "active archived deleted all" -- "$cur"))
+                    return 0 ;;
+            esac
+            if [[ $cur == -* ]]; then
+                COMPREPLY=($(compgen -W "--format -f --output -o --kind --tag -t --cube --user --since --until --pinned --unpinned --status --no-vectors --vectors --json --help -h" -- "$cur"))
+            fi
+            ;;
         forget)
             case "$prev" in
                 --kind|--tag|-t|--cube|--user|--since|--until)
@@ -150,14 +186,12 @@ _memos()
             ;;
         import)
             case "$prev" in
-                --kind|--cube|--user|--privacy)
+                --from|--kind|--cube|--user|--privacy)
                     :  # a value with nothing to offer
                     return 0 ;;
             esac
             if [[ $cur == -* ]]; then
-                COMPREPLY=($(compgen -W "--kind --cube --user --privacy --json --help -h" -- "$cur"))
-            else
-                _memos_files "$cur"
+                COMPREPLY=($(compgen -W "--from --kind --cube --user --privacy --json --help -h" -- "$cur"))
             fi
             ;;
         init)
@@ -234,6 +268,11 @@ _memos()
                 COMPREPLY=($(compgen -W "-k --kind --tag -t --cube --user --since --until --pinned --unpinned --batch --context --no-context --explain --mask --json --help -h" -- "$cur"))
             fi
             ;;
+        remote)
+            if [[ $cur == -* ]]; then
+                COMPREPLY=($(compgen -W "--help -h" -- "$cur"))
+            fi
+            ;;
         rollback)
             if [[ $cur == -* ]]; then
                 COMPREPLY=($(compgen -W "--yes -y --json --help -h" -- "$cur"))
@@ -270,6 +309,11 @@ _memos()
             esac
             if [[ $cur == -* ]]; then
                 COMPREPLY=($(compgen -W "--pos --neg --pos-tag --neg-tag --cube --layers --strength --probe --model --replace --disabled --json --help -h" -- "$cur"))
+            fi
+            ;;
+        sync)
+            if [[ $cur == -* ]]; then
+                COMPREPLY=($(compgen -W "--purge-remote --no-push --json --help -h" -- "$cur"))
             fi
             ;;
         unpin)

@@ -42,12 +42,15 @@ complete -c memos -n 'not __memos_command' -l help -s h -d 'Show this message an
 complete -c memos -n 'not __memos_command' -a add -d 'Remember something; prints the new id.'
 complete -c memos -n 'not __memos_command' -a chat -d 'Chat with a local model that recalls your memories; each turn is saved as an episode.'
 complete -c memos -n 'not __memos_command' -a check -d 'Verify the store: git, the unit files, the search table, embeddings and indexes.'
+complete -c memos -n 'not __memos_command' -a clone -d 'Make a new store from a remote one, with all of its history, and build its search table.'
 complete -c memos -n 'not __memos_command' -a compact -d 'Merge table fragments, refresh the text index and repack git history.'
 complete -c memos -n 'not __memos_command' -a config -d 'Show and change the store\'s settings (memos.toml).'
+complete -c memos -n 'not __memos_command' -a conflicts -d 'Show the conflicts of past syncs, newest first, with the version that was not kept.'
 complete -c memos -n 'not __memos_command' -a consolidate -d 'Merge duplicates, close superseded facts, expire, summarise, promote: one commit per run'
 complete -c memos -n 'not __memos_command' -a demo -d 'Run the main loop on a scratch store: add, recall, edit, diff, roll back, pin, chat.'
 complete -c memos -n 'not __memos_command' -a diff -d 'What changed in memory: units added, removed and changed, with a diff of their text and fields.'
 complete -c memos -n 'not __memos_command' -a edit -d 'Change a memory: a new version of it, the old one kept in history.'
+complete -c memos -n 'not __memos_command' -a export -d 'Write memory out, to keep, to read, or to move into another store.'
 complete -c memos -n 'not __memos_command' -a forget -d 'Forget memories: gone from recall, kept in history (`memos rollback` undoes it).'
 complete -c memos -n 'not __memos_command' -a import -d 'Import many memories in one commit, all or nothing.'
 complete -c memos -n 'not __memos_command' -a init -d 'Create the memory store (the first write creates it too).'
@@ -59,11 +62,13 @@ complete -c memos -n 'not __memos_command' -a param -d 'Parametric memory: LoRA 
 complete -c memos -n 'not __memos_command' -a pin -d 'Pin memories: always in context, in the activation memory of their cube.'
 complete -c memos -n 'not __memos_command' -a purge -d 'Delete memories for good: from the store, its search table and all of git history.'
 complete -c memos -n 'not __memos_command' -a recall -d 'Find the memories that best match a query (full-text and vector search, fused).'
+complete -c memos -n 'not __memos_command' -a remote -d 'The remotes a store syncs with: any git remote (a bare repository in a folder, ssh, a git host).'
 complete -c memos -n 'not __memos_command' -a rollback -d 'Put memory back as it was at REV, as a new commit; history is kept, so it can be undone.'
 complete -c memos -n 'not __memos_command' -a scan -d 'Find secrets and personal data already in the store; exit 1 when there are any.'
 complete -c memos -n 'not __memos_command' -a show -d 'Show one memory with all its fields, or every version of it.'
 complete -c memos -n 'not __memos_command' -a stats -d 'Counts by kind, status and cube, and sizes on disk.'
 complete -c memos -n 'not __memos_command' -a steer -d 'Build a steering vector from contrastive texts and save it, in one commit.'
+complete -c memos -n 'not __memos_command' -a sync -d 'Fetch the remote\'s memory, merge it with this store\'s, and push the result.'
 complete -c memos -n 'not __memos_command' -a unpin -d 'Unpin memories: back to being recalled only when they match.'
 
 # memos add
@@ -111,6 +116,11 @@ complete -c memos -n '__memos_using check' -l repair -d 'Fix what can be fixed (
 complete -c memos -n '__memos_using check' -l json -d 'Print JSON instead of text.'
 complete -c memos -n '__memos_using check' -l help -s h -d 'Show this message and exit.'
 
+# memos clone
+complete -c memos -n '__memos_using clone' -l json -d 'Print JSON instead of text.'
+complete -c memos -n '__memos_using clone' -l help -s h -d 'Show this message and exit.'
+complete -c memos -n '__memos_using clone' -x -a '(__fish_complete_directories)'
+
 # memos compact
 complete -c memos -n '__memos_using compact' -l json -d 'Print JSON instead of text.'
 complete -c memos -n '__memos_using compact' -l help -s h -d 'Show this message and exit.'
@@ -118,6 +128,11 @@ complete -c memos -n '__memos_using compact' -l help -s h -d 'Show this message 
 # memos config
 complete -c memos -n '__memos_using config' -l json -d 'Print JSON instead of text.'
 complete -c memos -n '__memos_using config' -l help -s h -d 'Show this message and exit.'
+
+# memos conflicts
+complete -c memos -n '__memos_using conflicts' -l limit -s n -x -d 'At most this many.'
+complete -c memos -n '__memos_using conflicts' -l json -d 'Print JSON instead of text.'
+complete -c memos -n '__memos_using conflicts' -l help -s h -d 'Show this message and exit.'
 
 # memos consolidate
 complete -c memos -n '__memos_using consolidate' -l cube -x -d 'Only this cube (default: every cube).'
@@ -149,6 +164,21 @@ complete -c memos -n '__memos_using edit' -l privacy -x -d 'Override the [privac
 complete -c memos -n '__memos_using edit' -l json -d 'Print JSON instead of text.'
 complete -c memos -n '__memos_using edit' -l help -s h -d 'Show this message and exit.'
 
+# memos export
+complete -c memos -n '__memos_using export' -l format -s f -x -a 'jsonl markdown pack' -d 'jsonl (one unit a line), markdown (a folder of files with front matter) or pack (one file: units, vectors, parametric memory).'
+complete -c memos -n '__memos_using export' -l output -s o -r -F -d 'Where to write (jsonl: default stdout; markdown: a new or empty folder; pack: a file).'
+complete -c memos -n '__memos_using export' -l kind -x -d 'Only this kind.'
+complete -c memos -n '__memos_using export' -l tag -s t -x -d 'Only units with this tag; repeat to require more.'
+complete -c memos -n '__memos_using export' -l cube -x -d 'Only this cube.'
+complete -c memos -n '__memos_using export' -l user -x -d 'Only this user\'s units.'
+complete -c memos -n '__memos_using export' -l since -x -d 'Only units whose time is at or after this (ISO 8601, \'7d ago\').'
+complete -c memos -n '__memos_using export' -l until -x -d 'Only units whose time is before this.'
+complete -c memos -n '__memos_using export' -l pinned -l unpinned -d 'Only pinned units (--unpinned: only units not pinned).'
+complete -c memos -n '__memos_using export' -l status -x -a 'active archived deleted all' -d 'Which lifecycle state (default: all, forgotten and archived units too).'
+complete -c memos -n '__memos_using export' -l no-vectors -l vectors -d 'Include the embeddings (default: in a pack only), so an import into a store of the same model embeds nothing.'
+complete -c memos -n '__memos_using export' -l json -d 'Print JSON instead of text.'
+complete -c memos -n '__memos_using export' -l help -s h -d 'Show this message and exit.'
+
 # memos forget
 complete -c memos -n '__memos_using forget' -l where -d 'Forget every memory matching the filters.'
 complete -c memos -n '__memos_using forget' -l kind -x -d 'Only this kind.'
@@ -162,13 +192,13 @@ complete -c memos -n '__memos_using forget' -l json -d 'Print JSON instead of te
 complete -c memos -n '__memos_using forget' -l help -s h -d 'Show this message and exit.'
 
 # memos import
+complete -c memos -n '__memos_using import' -l from -x -d 'What PATH is (default: detected): jsonl, memos (an export), pack, mem0, letta, markdown, chatgpt, claude.'
 complete -c memos -n '__memos_using import' -l kind -x -d 'fact, preference, episode, note, or a word of your own.'
 complete -c memos -n '__memos_using import' -l cube -x -d 'Namespace for this memory.'
 complete -c memos -n '__memos_using import' -l user -x -d 'Who it belongs to (default: $MEMOS_USER or $USER).'
 complete -c memos -n '__memos_using import' -l privacy -x -d 'Override the [privacy] policy for this command: refuse, redact or allow, for every kind or for one (email=redact, secrets=allow); repeat for more. Recorded in the commit.'
 complete -c memos -n '__memos_using import' -l json -d 'Print JSON instead of text.'
 complete -c memos -n '__memos_using import' -l help -s h -d 'Show this message and exit.'
-complete -c memos -n '__memos_using import' -r -F
 
 # memos init
 complete -c memos -n '__memos_using init' -l json -d 'Print JSON instead of text.'
@@ -249,6 +279,9 @@ complete -c memos -n '__memos_using recall' -l mask -d 'Hide the kinds [privacy]
 complete -c memos -n '__memos_using recall' -l json -d 'Print JSON instead of text.'
 complete -c memos -n '__memos_using recall' -l help -s h -d 'Show this message and exit.'
 
+# memos remote
+complete -c memos -n '__memos_using remote' -l help -s h -d 'Show this message and exit.'
+
 # memos rollback
 complete -c memos -n '__memos_using rollback' -l yes -s y -d 'Do not ask for confirmation.'
 complete -c memos -n '__memos_using rollback' -l json -d 'Print JSON instead of text.'
@@ -284,6 +317,12 @@ complete -c memos -n '__memos_using steer' -l replace -d 'Replace a parametric m
 complete -c memos -n '__memos_using steer' -l disabled -d 'Save it, but do not apply it in chat by default (`memos param enable NAME` later).'
 complete -c memos -n '__memos_using steer' -l json -d 'Print the record, calibration and timings as JSON.'
 complete -c memos -n '__memos_using steer' -l help -s h -d 'Show this message and exit.'
+
+# memos sync
+complete -c memos -n '__memos_using sync' -l purge-remote -d 'When the remote still holds units purged here, remove them from its history too (rewrites it, pushes with --force-with-lease).'
+complete -c memos -n '__memos_using sync' -l no-push -d 'Fetch and merge only.'
+complete -c memos -n '__memos_using sync' -l json -d 'Print JSON instead of text.'
+complete -c memos -n '__memos_using sync' -l help -s h -d 'Show this message and exit.'
 
 # memos unpin
 complete -c memos -n '__memos_using unpin' -l json -d 'Print JSON instead of text.'

@@ -48,3 +48,9 @@ class Cancelled(MemosError):
     """The user said no when asked to confirm; nothing changed."""
 
     exit_code = 1
+
+
+class RemoteError(MemosError):
+    """A remote that cannot be reached or is not a memos store, or a sync refused (purged history)."""
+
+    exit_code = 7

@@ -51,8 +51,8 @@ def main_options(
     ctx.ensure_object(dict)["store_path"] = store
 
 
-COMMAND_MODULES = ("write", "read", "chat", "change", "kv", "param", "steer", "learn", "history", "maintain", "scan",
-                   "consolidate", "demo", "config", "completions")
+COMMAND_MODULES = ("write", "read", "chat", "change", "kv", "param", "steer", "learn", "history", "portable", "maintain",
+                   "scan", "consolidate", "demo", "config", "completions")
 
 
 def load_commands() -> None:

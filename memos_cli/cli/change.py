@@ -265,4 +265,5 @@ def purge(
               f"{' '.join(report.params)}")
     for note in report.notes:
         print(f"  {note}")
-    print("  clones, remotes and backups made before still have them: push with --force and purge them too")
+    print("  remotes and clones made before still have them: `memos sync --purge-remote` removes them from a remote's "
+          "history, and a clone that syncs applies the purge; backups keep them")

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from memos_cli.errors import UsageError
+from memos_cli.plaintext.units import iter_json_lines  # noqa: F401 - the commands' JSON-lines reader
 from memos_cli.store.config import resolve_store_path
 
 
@@ -66,26 +67,6 @@ def read_source(source: str, what: str) -> str:
     except UnicodeDecodeError as exc:
         name = "stdin" if source == "-" else source
         raise UsageError(f"{what} from {name} is not valid UTF-8 (byte {exc.start})") from None
-
-
-def iter_json_lines(text: str) -> Iterator[tuple[int, Any]]:
-    """(line number, object) for each non-blank line of ``text``, parsed when it is reached.
-
-    Strict JSON: NaN and Infinity are refused. A caller that checks each
-    record as it comes reports the first bad line, bad JSON or not.
-    """
-    from memos_cli.plaintext.units import loads_strict
-
-    # Lines end at "\n" only: str.splitlines() would also cut at U+2028, U+0085 and the like,
-    # which JSON allows unescaped inside a string.
-    for lineno, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            record = loads_strict(line)
-        except ValueError as exc:
-            raise UsageError(f"line {lineno}: not valid JSON ({getattr(exc, 'msg', exc)})") from None
-        yield lineno, record
 
 
 def confirm(action: str, items: list[str], yes: bool, *, required: bool) -> None:

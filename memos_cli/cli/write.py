@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Annotated
 
 import typer
@@ -11,7 +13,7 @@ import typer
 from memos_cli.privacy.policy import parse_override
 
 from .app import app
-from .common import PrivacyOpt, iter_json_lines, open_store, print_json, read_source, say_notices
+from .common import PrivacyOpt, open_store, print_json, read_source, say_notices
 
 KindOpt = Annotated[str, typer.Option("--kind", metavar="KIND", help="fact, preference, episode, note, or a word of your own.")]
 TagOpt = Annotated[list[str] | None, typer.Option("--tag", "-t", metavar="TAG", help="A tag; repeat for more.")]
@@ -90,7 +92,11 @@ def add(
 @app.command("import")
 def import_(
     ctx: typer.Context,
-    source: Annotated[str, typer.Argument(help="A JSON-lines file, or '-' for stdin.", metavar="FILE|-")],
+    source: Annotated[str, typer.Argument(help="A file or folder, or '-' for JSON lines on stdin.", metavar="PATH|-")],
+    from_: Annotated[str | None, typer.Option(
+        "--from", metavar="FORMAT",
+        help="What PATH is (default: detected): jsonl, memos (an export), pack, mem0, letta, markdown, chatgpt, "
+             "claude.")] = None,
     kind: KindOpt = "note",
     cube: CubeOpt = "default",
     user: UserOpt = None,
@@ -99,36 +105,77 @@ def import_(
 ) -> None:
     """Import many memories in one commit, all or nothing.
 
-    Each line is a JSON object: {"text", "time", "kind", "tags", "meta"} and
-    optionally "cube", "user", "importance", "ttl", "sources", "pinned"
-    (true: always in context, see `memos pin`). Flags give the
-    defaults for fields a line leaves out. A bad line is reported by its
-    number and nothing is imported; so is a secret the \\[privacy] policy
-    refuses (--privacy redact stores it as \\[redacted:KIND] instead).
+    JSON lines: each line is an object {"text", "time", "kind", "tags",
+    "meta"} and optionally "cube", "user", "importance", "ttl", "sources",
+    "pinned" (true: always in context, see `memos pin`); flags give the
+    defaults for fields a line leaves out.
 
-    Example: memos import chats.jsonl --cube work
+    A memos export (`memos export`: JSON lines or a Markdown folder) or a
+    pack brings back whole units, with their ids, times and versions: they
+    are merged by id, so importing the same file twice changes nothing (the
+    flags do not apply to them).
+
+    Other tools' exports become new memories, their times and provenance in
+    meta and sources: Mem0 (get_all or export JSON), Letta agent files
+    (.af), Markdown notes with front matter (basic-memory, Obsidian), and the
+    conversations.json of ChatGPT and Claude (each conversation a session of
+    episodes).
+
+    A bad line or entry is named and nothing is imported; so is a secret the
+    \\[privacy] policy refuses (--privacy redact stores it as
+    \\[redacted:KIND] instead).
+
+    Examples:
+
+      memos import chats.jsonl --cube work
+
+      memos import backup.jsonl            # from memos export
+
+      memos import work.pack
+
+      memos import ~/Downloads/conversations.json --from chatgpt --cube chats
     """
+    from memos_cli.portable.sources import open_source
+
     override = parse_override(privacy)
-    text = read_source(source, "input")
-    total = sum(1 for line in text.split("\n") if line.strip())
-    records = iter_json_lines(text)  # parsed as the import checks them: the first bad line is the one named
-    defaults = {"kind": kind, "cube": cube, **({"user": user} if user else {})}
+    src = open_source(source, from_)  # read and checked whole before the store is touched
     store = open_store(ctx)
     started = time.perf_counter()
-    if sys.stderr.isatty() and not json_out:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        with Progress(TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                      transient=True) as bar:
-            task = bar.add_task("import", total=total)
-            units = store.import_records(records, defaults=defaults, privacy=override,
-                                         progress=lambda done, total: bar.update(task, completed=done))
-    else:
-        units = store.import_records(records, defaults=defaults, privacy=override)
+    total = len(src.units) if src.whole_units else src.total
+    with _embedding_bar(not json_out, total) as progress:
+        if src.whole_units:
+            result = store.import_units(src.units, where=src.wheres, privacy=override, parametric=src.parametric,
+                                        progress=progress)
+        else:
+            defaults = {"kind": kind, "cube": cube, **({"user": user} if user else {})}
+            assert src.records is not None
+            units = store.import_records(src.records, defaults=defaults, privacy=override, progress=progress)
+            result = {"added": [u.id for u in units], "updated": [], "unchanged": 0, "params": [],
+                      "commit": store.repo.head()}
     seconds = time.perf_counter() - started
     say_notices(store)
+    added, updated = result["added"], result["updated"]
     if json_out:
-        print_json({"imported": len(units), "ids": [u.id for u in units], "seconds": round(seconds, 3),
-                    "commit": store.repo.head()})
+        print_json({"format": src.format, "imported": len(added) + len(updated), "added": len(added),
+                    "updated": len(updated), "unchanged": result["unchanged"], "params": result["params"],
+                    "ids": added + updated, "seconds": round(seconds, 3), "commit": result["commit"]})
+    elif src.whole_units:
+        extra = f", {len(result['params'])} parametric memories" if result["params"] else ""
+        print(f"imported {src.format}: {len(added)} added, {len(updated)} merged by id, {result['unchanged']} "
+              f"unchanged{extra} in {seconds:.1f}s")
     else:
-        print(f"imported {len(units)} memories in {seconds:.1f}s ({len(units) / seconds:.0f}/s)")
+        print(f"imported {len(added)} memories in {seconds:.1f}s ({len(added) / max(seconds, 1e-9):.0f}/s)")
+
+
+@contextmanager
+def _embedding_bar(show: bool, total: int) -> Iterator[Callable[[int, int], None] | None]:
+    """A progress bar of the embedding, on a terminal."""
+    if not show or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  transient=True) as bar:
+        task = bar.add_task("import", total=total)
+        yield lambda done, total: bar.update(task, completed=done, total=total)

@@ -15,6 +15,7 @@ import os
 import re
 import threading
 import time as _time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -199,6 +200,24 @@ def _no_constant(name: str) -> Any:
 def loads_strict(text: str | bytes) -> Any:
     """``json.loads`` that refuses NaN, Infinity and -Infinity (``NotJSONError``, a ``ValueError``)."""
     return json.loads(text, parse_constant=_no_constant)
+
+
+def iter_json_lines(text: str) -> Iterator[tuple[int, Any]]:
+    """(line number, object) for each non-blank line of ``text``, parsed when it is reached.
+
+    Strict JSON: NaN and Infinity are refused. A caller that checks each
+    record as it comes reports the first bad line, bad JSON or not.
+    """
+    # Lines end at "\n" only: str.splitlines() would also cut at U+2028, U+0085 and the like,
+    # which JSON allows unescaped inside a string.
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            record = loads_strict(line)
+        except ValueError as exc:
+            raise UsageError(f"line {lineno}: not valid JSON ({getattr(exc, 'msg', exc)})") from None
+        yield lineno, record
 
 
 def parse_meta_pairs(pairs: list[str]) -> dict[str, Any]:

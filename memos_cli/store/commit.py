@@ -26,6 +26,8 @@ class Transaction:
     # No upkeep of the table after this write (``MemoryStore.upkeep``): a consolidate slice, whose run
     # merges fragments between its slices and leaves the indexes to its end.
     skip_upkeep: bool = False
+    merged: str | None = None  # a second parent: the commit a sync merged in
+    fast_forward: str | None = None  # no new commit: HEAD moves to this one (a sync), whose tree the write made
 
     def message(self) -> str:
         n = len(self.ids)

@@ -9,7 +9,10 @@ lookup. The points:
 - ``committed``: it has committed; the table's marker and the journal not yet updated;
 - ``purge.started``: a purge has written its own journal, nothing else;
 - ``purge.rewritten``: a purge has rewritten history, not yet expired the reflogs or pruned;
-- ``purge.pruned``: a purge has pruned the old objects, not yet dropped its journal.
+- ``purge.pruned``: a purge has pruned the old objects, not yet dropped its journal;
+- ``sync.fetched``: a sync has fetched the remote, merged nothing;
+- ``sync.merged``: a sync has merged (its transaction passed ``written`` and ``committed``), not pushed;
+- ``sync.pushed``: a sync has pushed, not yet pruned what a rewrite of the remote left.
 
 A purge that finishes an interrupted one (``purge.resume``) passes the same points.
 """

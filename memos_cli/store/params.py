@@ -647,6 +647,38 @@ def save(store: MemoryStore, record: ParamRecord, blob: bytes, *, replace: bool 
     return record
 
 
+def merge_in(store: MemoryStore, txn: Transaction, incoming: list[tuple[ParamRecord, bytes]]) -> list[str]:
+    """Under the lock, inside ``txn``: bring in parametric memories by name (an import of a pack).
+
+    A name the store lacks is added with its blob; one it has is replaced only by a record made
+    later (``created_at``), else kept. Each blob is verified against its record first
+    (``UsageError``). Returns the names written.
+    """
+    for record, blob in incoming:
+        problems = verify_blob(blob, record.blob, record)
+        if problems:
+            raise UsageError(f"bad blob for {record.name}: {problems[0]}")
+    current, _ = _load_all(store)
+    written: list[str] = []
+    for record, blob in incoming:
+        old = current.get(record.name)
+        if old is not None and (old.dumps() == record.dumps() or old.created_at >= record.created_at):
+            continue
+        current[record.name] = record
+        drop = _unused_blobs(current, {old.blob} if old else set())
+        rel, brel = record_path(record.name), blob_path(record.blob)
+        paths = [rel, brel, *(blob_path(sha) for sha in drop)]
+        _refuse_hand_edited(store, paths)
+        store._note_paths(txn, paths)
+        if not (store.root / brel).is_file():
+            _write_file(store, brel, blob)
+        _write_file(store, rel, record.dumps())
+        for sha in drop:
+            (store.root / blob_path(sha)).unlink(missing_ok=True)
+        written.append(record.name)
+    return written
+
+
 def _cube_of(recs: list[ParamRecord]) -> str:
     return ",".join(sorted({r.cube for r in recs})) or "default"
 

@@ -37,9 +37,11 @@ history again (each step can be run twice); only then is the journal
 dropped. The store's own journal stays in place all along, so the next
 command always looks.
 
-Limits: clones, remotes and backups made before the purge still hold the
-text; push the rewritten history with ``--force`` and purge (or re-clone)
-them. Commit ids change from the first rewritten commit on.
+The purge commit names every id in its ``Memos-Purged`` trailer, so that
+``memos sync`` carries the purge to the other side (``portable.sync``): a
+remote that still holds the text is refused or, when asked, purged too, and
+a purge made elsewhere is applied here. Backups and clones that never sync
+still hold the text. Commit ids change from the first rewritten commit on.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ if TYPE_CHECKING:
 JOURNAL = "purge.json"  # in the store's state directory, .git/memos/
 CHAT_HISTORY = "chat_history"  # the line history of `memos chat`, per store
 PURGED = "purged"  # changes at every purge: a chat session then does not write its history back
+PURGED_TRAILER = "Memos-Purged"  # the purge commit's trailer naming every id purged
 
 
 def journal_path(store: MemoryStore) -> Path:
@@ -139,6 +142,7 @@ def purge(store: MemoryStore, ids: list[str], *, in_history: bool = False) -> Pu
             txn.allow_empty = True
             txn.ids = list(resolved)
             txn.summary = _summary(len(resolved))
+            txn.trailers[PURGED_TRAILER] = " ".join(resolved)  # every id: a sync reads them (portable.sync)
             # From here on the purge is carried through, by this process or, if it is killed, by the next command.
             _write_journal(store, {"ids": report.ids, "in_store": report.in_store, "head": store.repo.head(),
                                    "user": txn.user, "pid": os.getpid(), "started": iso(utcnow())})
@@ -196,7 +200,7 @@ def resume(store: MemoryStore) -> bool:
         from memos_cli.store.commit import Transaction
 
         txn = Transaction(op="purge", cube="*", user=str(info.get("user") or default_user()), ids=ids,
-                          summary=_summary(len(ids)), allow_empty=True)
+                          summary=_summary(len(ids)), allow_empty=True, trailers={PURGED_TRAILER: " ".join(ids)})
         killpoint.reached("written")
         store.repo.commit(paths + param_paths, txn.message(), txn.user, allow_empty=True)
         killpoint.reached("committed")

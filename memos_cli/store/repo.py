@@ -175,11 +175,15 @@ class StoreRepo:
         return [files.loads(data, spec.split(":", 1)[1]) for spec, data in self.cat(f"{rev}:{p}" for p in paths)
                 if data is not None]
 
-    def commit(self, changed: Iterable[str], message: str, author: str, *, allow_empty: bool = False) -> str | None:
+    def commit(self, changed: Iterable[str], message: str, author: str, *, allow_empty: bool = False,
+               merged: str | None = None, fast_forward: str | None = None) -> str | None:
         """Commit the current content of these paths (present or deleted); returns the new sha.
 
         Returns None and makes no commit when nothing differs from HEAD,
-        unless ``allow_empty``.
+        unless ``allow_empty`` or ``merged``. ``merged``: a second parent (a
+        sync's merge commit). ``fast_forward``: make no commit but move HEAD to
+        that commit, whose tree the paths must now make (a sync taking the
+        other side's history as it is).
         """
         paths = sorted(set(changed))
         if paths:
@@ -187,10 +191,16 @@ class StoreRepo:
             self.run(["update-index", "--add", "--remove", "-z", "--stdin"], data)
         tree = self.run(["write-tree"]).strip()
         parent = self.head()
-        if parent and not allow_empty and tree == self.tree_of(parent):
+        if fast_forward is not None:
+            if tree != self.tree_of(fast_forward):
+                raise StoreError(f"the files written do not make the tree of {fast_forward[:10]}; nothing was changed")
+            self.run(["update-ref", "-m", f"sync: fast-forward to {fast_forward[:10]}", "HEAD", fast_forward]
+                     + ([parent] if parent else []))
+            return fast_forward
+        if parent and not allow_empty and not merged and tree == self.tree_of(parent):
             return None
         env = {"GIT_AUTHOR_NAME": author, "GIT_AUTHOR_EMAIL": f"{author}@memos"}
-        args = ["commit-tree", tree, "-F", "-"] + (["-p", parent] if parent else [])
+        args = ["commit-tree", tree, "-F", "-"] + (["-p", parent] if parent else []) + (["-p", merged] if merged else [])
         sha = self.run(args, message, env=env).strip()
         self.run(["update-ref", "-m", message.splitlines()[0], "HEAD", sha] + ([parent] if parent else []))
         return sha

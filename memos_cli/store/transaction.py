@@ -208,8 +208,13 @@ class Transactions:
             self.upkeep()  # the rows it wrote, into the indexes
 
     @contextmanager
-    def transaction(self, op: str, *, cube: str = "default", user: str | None = None) -> Iterator[Transaction]:
-        """Everything written inside lands as one commit, or not at all."""
+    def transaction(self, op: str, *, cube: str = "default", user: str | None = None,
+                    fold_access: bool = True) -> Iterator[Transaction]:
+        """Everything written inside lands as one commit, or not at all.
+
+        ``fold_access=False``: pending access counts stay in the log for the next write (a sync, whose
+        files must be exactly those it merged).
+        """
         if not self.exists():
             self.init()
         self._check_writable()
@@ -230,10 +235,11 @@ class Transactions:
             committed = False
             keep_journal = False
             try:
-                txn.folded_accesses = self._fold_access_log(txn)
+                txn.folded_accesses = self._fold_access_log(txn) if fold_access else 0
                 yield txn
                 killpoint.reached("written")
-                txn.commit = self.repo.commit(txn.paths, txn.message(), txn.user, allow_empty=txn.allow_empty)
+                txn.commit = self.repo.commit(txn.paths, txn.message(), txn.user, allow_empty=txn.allow_empty,
+                                              merged=txn.merged, fast_forward=txn.fast_forward)
                 committed = True
                 killpoint.reached("committed")
                 self._access_folding.unlink(missing_ok=True)  # those counts are in the commit now

@@ -42,17 +42,17 @@ class Writes:
 
     def import_records(
         self,
-        records: Iterable[tuple[int, Any]],
+        records: Iterable[tuple[int | str, Any]],
         *,
         defaults: dict[str, Any] | None = None,
         progress: Callable[[int, int], None] | None = None,
         privacy: dict[str, str] | None = None,
     ) -> list[MemoryUnit]:
-        """Import (line number, JSON object) pairs, all in one commit or none.
+        """Import (line number or where, JSON object) pairs as new units, all in one commit or none.
 
         Every record is validated and screened (``privacy``: the command's
         override of the policy) before anything is written; the first bad
-        one raises ``UsageError`` naming its line.
+        one raises ``UsageError`` naming its line (or the ``where`` given).
         """
         self.preload_embedder()  # loads (llama.cpp, without the GIL) while the detectors are imported
         guard = self.guard(privacy)
@@ -61,24 +61,108 @@ class Writes:
         now = utcnow()
         units: list[MemoryUnit] = []
         for lineno, rec in records:
+            where = f"line {lineno}" if isinstance(lineno, int) else str(lineno)
             if not isinstance(rec, dict):
-                raise UsageError(f"line {lineno}: expected a JSON object")
+                raise UsageError(f"{where}: expected a JSON object")
             unknown = set(rec) - allowed
             if unknown:
-                raise UsageError(f"line {lineno}: unknown field {sorted(unknown)[0]!r}")
+                raise UsageError(f"{where}: unknown field {sorted(unknown)[0]!r}")
             if "text" not in rec:
-                raise UsageError(f"line {lineno}: missing \"text\"")
+                raise UsageError(f"{where}: missing \"text\"")
             args = {**defaults, **{k: v for k, v in rec.items() if k != "text" and v is not None}}
             try:
                 unit = build_unit(rec["text"], now=now, **args)
             except UsageError as exc:
-                raise UsageError(f"line {lineno}: {exc}") from None
-            guard.unit(unit, f"line {lineno}")
+                raise UsageError(f"{where}: {exc}") from None
+            guard.unit(unit, where)
             units.append(unit)
         if not units:
             raise UsageError("nothing to import: the input has no records")
         self._write_new(units, op="import", progress=progress, screening=guard.screening)
         return units
+
+    def import_units(
+        self,
+        units: list[MemoryUnit],
+        *,
+        where: list[str] | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        privacy: dict[str, str] | None = None,
+        parametric: list[tuple[Any, bytes]] | None = None,
+    ) -> dict[str, Any]:
+        """Merge whole units (a memos export or pack: ids, versions and times kept) into the store
+        by id, with any parametric memories (``parametric``: (record, blob) pairs), in one commit or none.
+
+        A unit the store lacks is added as it is; one it has with every field equal is left as it
+        is; any other is merged (``plaintext.merge.merge2``: the newer side's fields, tags and meta
+        united). Units that come with a vector of the store's embedding model keep it; the others
+        are embedded, before the lock. Every unit is screened first (``where[i]`` names unit i in
+        errors). Returns the ids ``added`` and ``updated``, the count ``unchanged``, the ``params``
+        written and the ``commit`` (None when nothing changed).
+        """
+        from memos_cli.plaintext.merge import merge2, same_unit
+
+        seen: set[str] = set()
+        for i, unit in enumerate(units):
+            if unit.id in seen:
+                raise UsageError(f"{where[i] if where else unit.id}: unit {unit.id} appears twice")
+            seen.add(unit.id)
+        self.preload_embedder()
+        guard = self.guard(privacy)
+        for i, unit in enumerate(units):
+            guard.unit(unit, where[i] if where else unit.id)
+
+        def plan() -> tuple[list[MemoryUnit], list[MemoryUnit], int]:
+            have = {u.id: u for u in self._units_by_id([u.id for u in units])} if self.table.exists() else {}
+            added, updated = [], []
+            for unit in units:
+                current = have.get(unit.id)
+                if current is None:
+                    added.append(unit)
+                    continue
+                merged = merge2(current, unit)
+                if not same_unit(current, merged):
+                    merged.vector, merged.model = (current.vector, current.model) if merged.text == current.text else (
+                        (unit.vector, unit.model) if merged.text == unit.text else (None, ""))
+                    updated.append(merged)
+            return added, updated, len(units) - len(added) - len(updated)
+
+        from memos_cli.store.follow import attach_vectors
+
+        exists = self.exists()
+        added, updated, unchanged = plan() if exists else (list(units), [], 0)
+        model = self.embedder.model_id
+        for unit in (*added, *updated):
+            if unit.vector is not None and unit.model != model:
+                unit.vector, unit.model = None, ""
+        attach_vectors(self, [*added, *updated], progress) if exists else self.embed(
+            [u for u in added if u.vector is None], progress)
+        result: dict[str, Any] = {"added": [], "updated": [], "unchanged": unchanged, "params": [], "commit": None}
+        if not added and not updated and not parametric:
+            return result
+        with self.transaction("import", cube=",".join(sorted({u.cube for u in units})) or "default") as txn:
+            if exists:  # as of now, under the lock: another write may have landed since the plan
+                vectors = {u.id: (u.vector, u.model) for u in (*added, *updated) if u.vector is not None}
+                added, updated, unchanged = plan()
+                for unit in (*added, *updated):
+                    if unit.vector is None and unit.id in vectors:
+                        unit.vector, unit.model = vectors[unit.id]
+                self.embed([u for u in (*added, *updated) if u.vector is None])  # only when the store changed meanwhile
+            self.save(txn, added, new=True)
+            self.save(txn, updated)
+            if parametric:
+                result["params"] = params.merge_in(self, txn, parametric)
+            txn.ids = [u.id for u in (*added, *updated)]
+            txn.summary = f"{len(added)} units added, {len(updated)} merged by id"
+            if result["params"]:
+                txn.summary += f", {len(result['params'])} parametric memories"
+                txn.details.append("parametric memories: " + " ".join(result["params"]))
+            guard.screening.record(txn)
+        if notice := guard.screening.notice():
+            self.notices.append(notice)
+        result.update(added=[u.id for u in added], updated=[u.id for u in updated], unchanged=unchanged,
+                      commit=txn.commit)
+        return result
 
     def _write_new(
         self, units: list[MemoryUnit], *, op: str, progress: Callable[[int, int], None] | None = None,
