@@ -192,6 +192,8 @@ _memos()
             esac
             if [[ $cur == -* ]]; then
                 COMPREPLY=($(compgen -W "--from --kind --cube --user --privacy --json --help -h" -- "$cur"))
+            else
+                _memos_files "$cur"
             fi
             ;;
         init)

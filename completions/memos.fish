@@ -199,6 +199,7 @@ complete -c memos -n '__memos_using import' -l user -x -d 'Who it belongs to (de
 complete -c memos -n '__memos_using import' -l privacy -x -d 'Override the [privacy] policy for this command: refuse, redact or allow, for every kind or for one (email=redact, secrets=allow); repeat for more. Recorded in the commit.'
 complete -c memos -n '__memos_using import' -l json -d 'Print JSON instead of text.'
 complete -c memos -n '__memos_using import' -l help -s h -d 'Show this message and exit.'
+complete -c memos -n '__memos_using import' -r -F
 
 # memos init
 complete -c memos -n '__memos_using init' -l json -d 'Print JSON instead of text.'

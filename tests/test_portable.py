@@ -163,6 +163,10 @@ def test_export_filters_and_formats_from_the_cli(store, cli, tmp_path):
     new = cli("import", str(tmp_path / "md"), "--json", store=tmp_path / "new")
     assert new.returncode == 0, new.err
     assert json.loads(new.out)["format"] == "memos" and json.loads(new.out)["added"] == 1
+    # An export piped into an import on stdin.
+    piped = cli("import", "-", "--json", input=done.out, store=tmp_path / "piped")
+    assert piped.returncode == 0, piped.err
+    assert json.loads(piped.out)["format"] == "memos" and json.loads(piped.out)["added"] == 1
 
 
 def test_bad_exports_and_packs_are_refused_and_change_nothing(store, cli, tmp_path):

@@ -282,3 +282,16 @@ def test_parametric_memory_travels_with_history_and_merges_by_record(store, tmp_
         assert params.read_blob(laptop, params.get(laptop, name))
     report = checking.check(laptop)
     assert report.ok, [p.message for p in report.problems]
+
+
+def test_a_commit_that_only_claims_a_purge_purges_nothing_here(store, tmp_path, embedder):
+    unit = store.add("Gina's birthday is in May")
+    desk, laptop, remote = _pair(store, tmp_path, embedder)
+    # The laptop's history says it purged the unit, but still holds it.
+    git(laptop.root, "-c", "user.name=x", "-c", "user.email=x@x", "commit", "-q", "--allow-empty", "-m",
+        f"purge: 1 unit\n\nMemos-Op: purge\nMemos-Purged: {unit.id}")
+    git(laptop.root, "push", "-q", "origin", "main")
+    report = syncing.sync(desk)
+    assert report.purged_here == [] and report.action == "fast-forward"
+    assert desk.get(unit.id).text == "Gina's birthday is in May"
+    assert git(desk.root, "log", "--format=%H", "--", f"units/{unit.id[-2]}/{unit.id[-1]}/{unit.id}.json").strip()

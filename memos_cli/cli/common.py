@@ -6,13 +6,13 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from memos_cli.errors import UsageError
 from memos_cli.plaintext.units import iter_json_lines  # noqa: F401 - the commands' JSON-lines reader
+from memos_cli.portable.sources import read_input as read_source  # noqa: F401 - the commands' file arguments
 from memos_cli.store.config import resolve_store_path
 
 
@@ -50,23 +50,6 @@ def say_notices(store: Any) -> None:
 
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, ensure_ascii=False) + "\n")
-
-
-def read_source(source: str, what: str) -> str:
-    """The text of FILE, or of stdin for '-', strictly as UTF-8."""
-    try:
-        raw = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
-    except FileNotFoundError:
-        raise UsageError(f"no such file: {source}") from None
-    except IsADirectoryError:
-        raise UsageError(f"{source} is a directory, not a file") from None
-    except PermissionError:
-        raise UsageError(f"cannot read {source}: permission denied") from None
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        name = "stdin" if source == "-" else source
-        raise UsageError(f"{what} from {name} is not valid UTF-8 (byte {exc.start})") from None
 
 
 def confirm(action: str, items: list[str], yes: bool, *, required: bool) -> None:

@@ -27,7 +27,7 @@ PROG = "memos"
 # Where each script goes in the repository (``completions/FILE``).
 SCRIPT_FILES = {"bash": "memos.bash", "zsh": "_memos", "fish": "memos.fish"}
 
-_FILE_METAVARS = {"FILE", "FILE|-", "PATH"}
+_FILE_METAVARS = {"FILE", "FILE|-", "PATH", "PATH|-"}
 _DIR_METAVARS = {"DIR", "DIRECTORY"}
 
 

@@ -43,11 +43,14 @@ class Source:
         return self.records is None
 
 
-def _read_text(source: str) -> str:
+def read_input(source: str, what: str = "input") -> str:
+    """The text of FILE, or of stdin for '-', strictly as UTF-8 (the commands' file arguments)."""
     try:
         raw = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
     except FileNotFoundError:
         raise UsageError(f"no such file: {source}") from None
+    except IsADirectoryError:
+        raise UsageError(f"{source} is a directory, not a file") from None
     except PermissionError:
         raise UsageError(f"cannot read {source}: permission denied") from None
     except OSError as exc:
@@ -56,7 +59,7 @@ def _read_text(source: str) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         name = "stdin" if source == "-" else source
-        raise UsageError(f"input from {name} is not valid UTF-8 (byte {exc.start})") from None
+        raise UsageError(f"{what} from {name} is not valid UTF-8 (byte {exc.start})") from None
 
 
 def detect(source: str) -> str:
@@ -64,7 +67,7 @@ def detect(source: str) -> str:
     from memos_cli.portable import markdown, pack
 
     if source == "-":
-        return "jsonl"
+        return "jsonl"  # open_source tells a memos export on stdin by its first line
     path = Path(source).expanduser()
     if not path.exists():
         raise UsageError(f"no such file or folder: {source}")
@@ -125,12 +128,18 @@ def open_source(source: str, fmt: str | None = None) -> Source:
     the store is touched; a bad entry is a ``UsageError`` naming the format and the entry."""
     if fmt is not None and fmt not in FORMATS:
         raise UsageError(f"bad --from {fmt!r}: use one of {', '.join(FORMATS)}")
-    fmt = fmt or detect(source)
-    if source == "-" and fmt not in ("jsonl", "memos"):
+    if source == "-" and fmt not in (None, "jsonl", "memos"):
         raise UsageError(f"--from {fmt} reads a file or folder, not stdin")
+    text = read_input(source) if source == "-" else None  # stdin is read once, and told apart by its first line
+    if fmt is None and text is not None:
+        from memos_cli.portable import jsonl
+
+        first = next((line for line in text.split("\n") if line.strip()), "")
+        fmt = "memos" if jsonl.is_export(first) else "jsonl"
+    fmt = fmt or detect(source)
     path = Path(source).expanduser()
     if fmt == "jsonl":
-        text = _read_text(source)
+        text = read_input(source) if text is None else text
         return Source(fmt, records=iter_json_lines(text), total=sum(1 for line in text.split("\n") if line.strip()))
     if fmt == "memos":
         from memos_cli.portable import jsonl, markdown
@@ -139,7 +148,7 @@ def open_source(source: str, fmt: str | None = None) -> Source:
             units, wheres = markdown.read(path)
         else:
             name = "stdin" if source == "-" else path.name
-            text = _read_text(source)
+            text = read_input(source) if text is None else text
             _, units, wheres = jsonl.read(enumerate(text.split("\n"), 1), name)
         return Source(fmt, units=units, wheres=wheres)
     if fmt == "pack":

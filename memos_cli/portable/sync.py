@@ -27,7 +27,9 @@ that synced before it still holds the purged text in its history. Each purge
 commit names its ids (``Memos-Purged``), so:
 
 - a purge made on the other side is applied here before merging (the units
-  are removed from this store and its history too: that is what a purge asks);
+  are removed from this store and its history too: that is what a purge asks),
+  for the units the other side's history really lacks: a commit that only
+  says it purged purges nothing here;
 - when the other side still holds units purged here, the sync is refused and
   the fetched history deleted again (objects pruned), unless ``--purge-remote``:
   then the fetched history is rewritten without them, merged, and pushed with
@@ -403,12 +405,16 @@ def _follow_blobs(store: MemoryStore, plan: _Plan) -> None:
                 used.add(params_store.blob_path(params_store.loads(data, path).blob))
             except MemosError:
                 continue
-    for path in ours_blobs - used:
-        plan.writes[path] = None
-    wanted = [p for p in used - ours_blobs if p in theirs_blobs]
-    plan.writes.update(_blobs(repo, plan.theirs, wanted))
-    for path in ours_blobs & used:
-        plan.writes.pop(path, None)
+    present = (ours_blobs | {p for p, d in plan.writes.items() if d is not None and params_store.sha_of(p)}) - {
+        p for p, d in plan.writes.items() if d is None}
+    for path in present - used:  # no record names it any more
+        if path in ours_blobs:
+            plan.writes[path] = None
+        else:
+            plan.writes.pop(path, None)
+    missing = used - present  # a record kept names a blob the other side removed
+    plan.writes.update(_blobs(repo, plan.ours, [p for p in missing if p in ours_blobs]))
+    plan.writes.update(_blobs(repo, plan.theirs, [p for p in missing if p not in ours_blobs and p in theirs_blobs]))
 
 
 def _apply(store: MemoryStore, plan: _Plan, remote: Remote) -> str | None:
@@ -452,6 +458,7 @@ def _apply(store: MemoryStore, plan: _Plan, remote: Remote) -> str | None:
             txn.details += plan.other_conflicts
             txn.trailers["Memos-Remote"] = remote.name
             txn.trailers["Memos-Conflicts"] = str(len(plan.conflicts) + len(plan.other_conflicts))
+    store._config = None  # memos.toml may have changed: read again when next needed
     return store.repo.head()
 
 
@@ -494,6 +501,8 @@ def sync(store: MemoryStore, name: str | None = None, *, purge_remote: bool = Fa
         head = store.repo.head() or ""
         report.head = head
         if not push or (theirs == head and rewrote_from is None):
+            if not push and theirs != head:
+                report.notes.append(f"{remote.name} is behind this store; not pushed (--no-push)")
             break
         lease = [f"--force-with-lease=refs/heads/{BRANCH}:{rewrote_from}"] if rewrote_from else []
         proc = _git_net(store.repo, ["push", "--quiet", "--no-verify", *lease, remote.name, f"HEAD:refs/heads/{BRANCH}"])
@@ -526,9 +535,10 @@ def _settle_purges(store: MemoryStore, remote: Remote, theirs: str, purge_remote
     ours = repo.head() or ""
     if theirs == ours or _is_ancestor(repo, theirs, ours):
         return theirs, None
-    # Purges made there, whose units this store still holds in its history: purge them here too.
+    # Purges made there, whose units this store still holds in its history: purge them here too. Only
+    # those the remote's history really lacks: a purge commit's message alone does not purge anything here.
     theirs_purged = purged_ids(repo, theirs, "--not", ours) - purged_ids(repo, ours)
-    here = _touching(repo, theirs_purged, ours)
+    here = _touching(repo, theirs_purged, ours) - _touching(repo, theirs_purged, theirs)
     if here:
         done = purge(store, sorted(here), in_history=True)
         report.purged_here = done.ids

@@ -135,18 +135,20 @@ class Writes:
         for unit in (*added, *updated):
             if unit.vector is not None and unit.model != model:
                 unit.vector, unit.model = None, ""
-        attach_vectors(self, [*added, *updated], progress) if exists else self.embed(
-            [u for u in added if u.vector is None], progress)
+        if exists:  # vectors the table has for unchanged texts are kept; the rest embedded
+            attach_vectors(self, [*added, *updated], progress)
+        else:
+            self.embed([u for u in added if u.vector is None], progress)
         result: dict[str, Any] = {"added": [], "updated": [], "unchanged": unchanged, "params": [], "commit": None}
         if not added and not updated and not parametric:
             return result
         with self.transaction("import", cube=",".join(sorted({u.cube for u in units})) or "default") as txn:
-            if exists:  # as of now, under the lock: another write may have landed since the plan
-                vectors = {u.id: (u.vector, u.model) for u in (*added, *updated) if u.vector is not None}
+            if self.table.exists():  # as of now, under the lock: another write may have landed since the plan
+                vectors = {(u.id, u.text): (u.vector, u.model) for u in (*added, *updated) if u.vector is not None}
                 added, updated, unchanged = plan()
                 for unit in (*added, *updated):
-                    if unit.vector is None and unit.id in vectors:
-                        unit.vector, unit.model = vectors[unit.id]
+                    if unit.vector is None and (unit.id, unit.text) in vectors:
+                        unit.vector, unit.model = vectors[(unit.id, unit.text)]
                 self.embed([u for u in (*added, *updated) if u.vector is None])  # only when the store changed meanwhile
             self.save(txn, added, new=True)
             self.save(txn, updated)
