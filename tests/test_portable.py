@@ -247,3 +247,34 @@ def test_an_imported_export_is_screened_by_the_privacy_guard(store, tmp_path, em
     with pytest.raises(UsageError, match="github-token"):
         other.import_units(open_source(str(dest)).units)
     assert not other.exists() or commit_count(other.root) == 1
+
+
+def test_a_unit_added_on_both_sides_merges_with_the_later_change(store):
+    ours = store.add("the same id, written here", tags=["here"])
+    theirs = store.get(ours.id)
+    theirs.text, theirs.tags, theirs.importance = "the same id, written there", ["there"], 0.9
+    theirs.updated_at = ours.updated_at.replace(year=ours.updated_at.year + 1)
+    merged, conflict = merge3(None, ours, theirs)
+    assert merged.text == "the same id, written there" and merged.importance == 0.9
+    assert merged.tags == ["here", "there"]
+    assert conflict.kept == "remote" and "text" in conflict.fields and conflict.other_text == "the same id, written here"
+
+
+def test_other_tools_exports_through_the_cli(cli, tmp_path):
+    data = Path(__file__).parent / "data" / "foreign"
+    for path, fmt in ((data / "chatgpt" / "conversations.json", "chatgpt"), (data / "claude" / "conversations.json", "claude"),
+                      (data / "mem0" / "get_all_platform.json", "mem0"), (data / "letta" / "loop.af", "letta"),
+                      (data / "markdown" / "basic-memory", "markdown")):
+        done = cli("import", str(path), "--json", "--cube", fmt)
+        assert done.returncode == 0, (fmt, done.err)
+        out = json.loads(done.out)
+        assert out["format"] == fmt and out["added"] > 0, out
+    listed = json.loads(cli("list", "--cube", "chatgpt", "--json", "-n", "0").out)
+    assert listed and all(u["kind"] == "episode" for u in listed)
+    assert len({u["time"] for u in listed}) <= 2  # one time per conversation: recall's context joins its turns
+    root, before = tmp_path / "store", head(tmp_path / "store")
+    # Named as the wrong format: one line naming the format expected and the entry.
+    assert_clean_failure(cli("import", str(data / "mem0" / "get_all_platform.json"), "--from", "chatgpt"), root, before,
+                         "ChatGPT")
+    assert_clean_failure(cli("import", str(data / "chatgpt" / "conversations.json"), "--from", "letta"), root, before,
+                         "Letta")

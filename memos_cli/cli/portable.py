@@ -60,7 +60,8 @@ def export(
         raise typer.BadParameter("--json prints a summary: give the export a file with -o")
     filters = _filters(kind, tag, cube, user, since, until, None if status is Status.all else status.value, pinned)
     store = open_existing_store(ctx)
-    result = run(store, filters, fmt.value, output, vectors=vectors, cube=cube)
+    with progress_bar(not json_out and output not in (None, "-"), "reading") as bar:
+        result = run(store, filters, fmt.value, output, vectors=vectors, cube=cube, progress=bar)
     say_notices(store)
     if json_out:
         print_json(result)
@@ -133,7 +134,7 @@ def remote_remove(ctx: typer.Context, name: Annotated[str, typer.Argument(metava
 @app.command()
 def sync(
     ctx: typer.Context,
-    remote: Annotated[str | None, typer.Argument(metavar="[REMOTE]", help="Which remote (default: the only one, "
+    remote: Annotated[str | None, typer.Argument(metavar="REMOTE", help="Which remote (default: the only one, "
                                                                           "or origin).")] = None,
     purge_remote: Annotated[bool, typer.Option("--purge-remote", help="When the remote still holds units purged "
                                                "here, remove them from its history too (rewrites it, pushes with "

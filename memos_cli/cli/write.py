@@ -116,7 +116,7 @@ def import_(
     flags do not apply to them).
 
     Other tools' exports become new memories, their times and provenance in
-    meta and sources: Mem0 (get_all or export JSON), Letta agent files
+    meta and sources: Mem0 (get_all or search JSON), Letta agent files
     (.af), Markdown notes with front matter (basic-memory, Obsidian), and the
     conversations.json of ChatGPT and Claude (each conversation a session of
     episodes).

@@ -93,8 +93,8 @@ def merge3(base: MemoryUnit | None, ours: MemoryUnit, theirs: MemoryUnit) -> tup
     """Merge this machine's version (``ours``) and the remote's (``theirs``) of one unit, both
     changed since ``base`` (None: added on both sides). Returns the merged unit and the conflict,
     if any."""
-    if base is None:  # no common version: every field counts as changed on both sides
-        base = replace(theirs, text="\0", tags=[], meta={}, sources=[], access_count=0)
+    if base is None:  # no common version: every field that differs counts as changed on both sides
+        base = replace(theirs, **{name: _MISSING for name in SCALARS}, tags=[], meta={}, sources=[], access_count=0)
     theirs_later = _later(ours, theirs)
     merged = replace(ours, vector=None, model="")
     clashes: list[str] = []

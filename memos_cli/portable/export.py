@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,8 +46,10 @@ def select(store: MemoryStore, filters: Filters, *, vectors: bool = False) -> li
 
 
 def export(store: MemoryStore, filters: Filters, fmt: str, dest: str | None, *, vectors: bool | None = None,
-           cube: str | None = None) -> dict[str, Any]:
-    """Write the export; returns what was written (format, path, counts, bytes, seconds)."""
+           cube: str | None = None, progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+    """Write the export; returns what was written (format, path, counts, bytes, seconds).
+
+    ``progress(phase, done, total)`` is told how far the reading and the writing are."""
     if fmt not in FORMATS:
         raise UsageError(f"bad format {fmt!r}: use one of {', '.join(FORMATS)}")
     if fmt != "jsonl" and not dest:
@@ -60,7 +63,10 @@ def export(store: MemoryStore, filters: Filters, fmt: str, dest: str | None, *, 
         raise UsageError(f"{target} is a folder; give a file name")
     if target is not None and fmt != "markdown" and not target.parent.is_dir():
         raise UsageError(f"no folder {target.parent} to write {target.name} into")
+    if progress:
+        progress("reading", 0, 0)
     units = select(store, filters, vectors=with_vectors)
+    written = _counted(units, progress)
     model = store.config.embedding_model if with_vectors else None
     if with_vectors and units:
         model = units[0].model
@@ -69,13 +75,13 @@ def export(store: MemoryStore, filters: Filters, fmt: str, dest: str | None, *, 
         from memos_cli.portable import jsonl
 
         if target is None:
-            jsonl.write(sys.stdout, units, len(units), vectors=with_vectors, model=model)
+            jsonl.write(sys.stdout, written, len(units), vectors=with_vectors, model=model)
             sys.stdout.flush()
         else:
             tmp = target.with_name(f".{target.name}.tmp")
             try:
                 with open(tmp, "w", encoding="utf-8") as fh:
-                    jsonl.write(fh, units, len(units), vectors=with_vectors, model=model)
+                    jsonl.write(fh, written, len(units), vectors=with_vectors, model=model)
                 tmp.replace(target)
             finally:
                 tmp.unlink(missing_ok=True)
@@ -83,11 +89,13 @@ def export(store: MemoryStore, filters: Filters, fmt: str, dest: str | None, *, 
         from memos_cli.portable import markdown
 
         assert target is not None
-        markdown.write(target, units)
+        markdown.write(target, written)
     else:
         from memos_cli.portable import pack
 
         assert target is not None
+        if progress:
+            progress("writing the pack", 0, 0)
         parametric = [(r, params_store.read_blob(store, r)) for r in params_store.records(store, cube)]
         manifest = pack.write(target, units, cube=cube, model=model, vectors=with_vectors, parametric=parametric)
         result["params"] = manifest["counts"]["params"]
@@ -97,3 +105,11 @@ def export(store: MemoryStore, filters: Filters, fmt: str, dest: str | None, *, 
     result["seconds"] = round(time.perf_counter() - started, 3)
     return result
 
+
+
+def _counted(units: list[MemoryUnit], progress: Callable[[str, int, int], None] | None) -> Iterator[MemoryUnit]:
+    """The units, telling ``progress`` every thousand."""
+    for i, unit in enumerate(units, 1):
+        yield unit
+        if progress and (i % 1000 == 0 or i == len(units)):
+            progress("writing", i, len(units))
