@@ -54,9 +54,9 @@ _memos()
                 return 0 ;;
         esac
         if [[ $cur == -* ]]; then
-            COMPREPLY=($(compgen -W "--store -s --version --help -h" -- "$cur"))
+            COMPREPLY=($(compgen -W "--store -s --version --no-server --help -h" -- "$cur"))
         else
-            COMPREPLY=($(compgen -W "add chat check clone compact config conflicts consolidate demo diff edit export forget import init kv learn list log param pin purge recall remote rollback scan show stats steer sync unpin" -- "$cur"))
+            COMPREPLY=($(compgen -W "add audit chat check clone compact config conflicts consolidate demo diff edit export forget import init kv learn list log mcp param pin purge recall remote rollback scan serve show stats steer sync token unpin" -- "$cur"))
         fi
         return 0
     fi
@@ -70,6 +70,16 @@ _memos()
             esac
             if [[ $cur == -* ]]; then
                 COMPREPLY=($(compgen -W "--kind --tag -t --meta -m --time --ttl --importance --cube --user --pin --privacy --json --help -h" -- "$cur"))
+            fi
+            ;;
+        audit)
+            case "$prev" in
+                -n|--token)
+                    :  # a value with nothing to offer
+                    return 0 ;;
+            esac
+            if [[ $cur == -* ]]; then
+                COMPREPLY=($(compgen -W "-n --token --json --help -h" -- "$cur"))
             fi
             ;;
         chat)
@@ -242,6 +252,16 @@ _memos()
                 COMPREPLY=($(compgen -W "-n --cube --user --json --help -h" -- "$cur"))
             fi
             ;;
+        mcp)
+            case "$prev" in
+                --cube)
+                    :  # a value with nothing to offer
+                    return 0 ;;
+            esac
+            if [[ $cur == -* ]]; then
+                COMPREPLY=($(compgen -W "--cube --read-only --chat --no-chat --help -h" -- "$cur"))
+            fi
+            ;;
         param)
             if [[ $cur == -* ]]; then
                 COMPREPLY=($(compgen -W "--help -h" -- "$cur"))
@@ -290,6 +310,16 @@ _memos()
                 COMPREPLY=($(compgen -W "--history --kind -k --all-kinds --json --help -h" -- "$cur"))
             fi
             ;;
+        serve)
+            case "$prev" in
+                --port|--host)
+                    :  # a value with nothing to offer
+                    return 0 ;;
+            esac
+            if [[ $cur == -* ]]; then
+                COMPREPLY=($(compgen -W "--port --host --chat --no-chat --status --stop --json --help -h" -- "$cur"))
+            fi
+            ;;
         show)
             if [[ $cur == -* ]]; then
                 COMPREPLY=($(compgen -W "--history --json --help -h" -- "$cur"))
@@ -316,6 +346,11 @@ _memos()
         sync)
             if [[ $cur == -* ]]; then
                 COMPREPLY=($(compgen -W "--purge-remote --no-push --json --help -h" -- "$cur"))
+            fi
+            ;;
+        token)
+            if [[ $cur == -* ]]; then
+                COMPREPLY=($(compgen -W "--help -h" -- "$cur"))
             fi
             ;;
         unpin)

@@ -36,10 +36,12 @@ complete -c memos -f
 # Global options
 complete -c memos -n 'not __memos_command' -l store -s s -x -a '(__fish_complete_directories)' -d 'Memory directory (default: $MEMOS_HOME, else ~/.memos).'
 complete -c memos -n 'not __memos_command' -l version -d 'Print the version and exit.'
+complete -c memos -n 'not __memos_command' -l no-server -d 'Work here even when `memos serve` runs for the store (by default recall, add and chat send it their request).'
 complete -c memos -n 'not __memos_command' -l help -s h -d 'Show this message and exit.'
 
 # Commands
 complete -c memos -n 'not __memos_command' -a add -d 'Remember something; prints the new id.'
+complete -c memos -n 'not __memos_command' -a audit -d 'What servers did for whom: each request\'s time, token, operation, cube and ids (never the text).'
 complete -c memos -n 'not __memos_command' -a chat -d 'Chat with a local model that recalls your memories; each turn is saved as an episode.'
 complete -c memos -n 'not __memos_command' -a check -d 'Verify the store: git, the unit files, the search table, embeddings and indexes.'
 complete -c memos -n 'not __memos_command' -a clone -d 'Make a new store from a remote one, with all of its history, and build its search table.'
@@ -58,6 +60,7 @@ complete -c memos -n 'not __memos_command' -a kv -d 'Activation memory: a block 
 complete -c memos -n 'not __memos_command' -a learn -d 'Learn memories into a LoRA adapter for the chat model (parametric memory).'
 complete -c memos -n 'not __memos_command' -a list -d 'List memories, newest first.'
 complete -c memos -n 'not __memos_command' -a log -d 'The operations on memory, newest first: who, when, what and how many units.'
+complete -c memos -n 'not __memos_command' -a mcp -d 'Serve memory to an agent over the Model Context Protocol, on stdin/stdout.'
 complete -c memos -n 'not __memos_command' -a param -d 'Parametric memory: LoRA adapters learned from memories (`memos learn`) and steering vectors (`memos steer`), versioned in the store\'s history like the memories themselves.'
 complete -c memos -n 'not __memos_command' -a pin -d 'Pin memories: always in context, in the activation memory of their cube.'
 complete -c memos -n 'not __memos_command' -a purge -d 'Delete memories for good: from the store, its search table and all of git history.'
@@ -65,10 +68,12 @@ complete -c memos -n 'not __memos_command' -a recall -d 'Find the memories that 
 complete -c memos -n 'not __memos_command' -a remote -d 'The remotes a store syncs with: any git remote (a bare repository in a folder, ssh, a git host).'
 complete -c memos -n 'not __memos_command' -a rollback -d 'Put memory back as it was at REV, as a new commit; history is kept, so it can be undone.'
 complete -c memos -n 'not __memos_command' -a scan -d 'Find secrets and personal data already in the store; exit 1 when there are any.'
+complete -c memos -n 'not __memos_command' -a serve -d 'Keep the store\'s table, embedder and chat model loaded, and answer requests: one process per store.'
 complete -c memos -n 'not __memos_command' -a show -d 'Show one memory with all its fields, or every version of it.'
 complete -c memos -n 'not __memos_command' -a stats -d 'Counts by kind, status and cube, and sizes on disk.'
 complete -c memos -n 'not __memos_command' -a steer -d 'Build a steering vector from contrastive texts and save it, in one commit.'
 complete -c memos -n 'not __memos_command' -a sync -d 'Fetch the remote\'s memory, merge it with this store\'s, and push the result.'
+complete -c memos -n 'not __memos_command' -a token -d 'Scoped tokens for `memos serve` (HTTP and MCP over HTTP): each reaches only its cubes, with its right.'
 complete -c memos -n 'not __memos_command' -a unpin -d 'Unpin memories: back to being recalled only when they match.'
 
 # memos add
@@ -84,6 +89,12 @@ complete -c memos -n '__memos_using add' -l pin -d 'Pin it: always in context (s
 complete -c memos -n '__memos_using add' -l privacy -x -d 'Override the [privacy] policy for this command: refuse, redact or allow, for every kind or for one (email=redact, secrets=allow); repeat for more. Recorded in the commit.'
 complete -c memos -n '__memos_using add' -l json -d 'Print JSON instead of text.'
 complete -c memos -n '__memos_using add' -l help -s h -d 'Show this message and exit.'
+
+# memos audit
+complete -c memos -n '__memos_using audit' -s n -x -d 'The last N requests.'
+complete -c memos -n '__memos_using audit' -l token -x -d 'Only this token\'s requests.'
+complete -c memos -n '__memos_using audit' -l json -d 'Print JSON instead of text.'
+complete -c memos -n '__memos_using audit' -l help -s h -d 'Show this message and exit.'
 
 # memos chat
 complete -c memos -n '__memos_using chat' -l cube -x -d 'The cube to recall from and save to.'
@@ -251,6 +262,12 @@ complete -c memos -n '__memos_using log' -l user -x -d 'Only this user\'s operat
 complete -c memos -n '__memos_using log' -l json -d 'Print JSON instead of text.'
 complete -c memos -n '__memos_using log' -l help -s h -d 'Show this message and exit.'
 
+# memos mcp
+complete -c memos -n '__memos_using mcp' -l cube -x -d 'Expose only this cube.'
+complete -c memos -n '__memos_using mcp' -l read-only -d 'Offer only the tools that read.'
+complete -c memos -n '__memos_using mcp' -l chat -l no-chat -d 'Offer `ask` (loads the chat model on first use).'
+complete -c memos -n '__memos_using mcp' -l help -s h -d 'Show this message and exit.'
+
 # memos param
 complete -c memos -n '__memos_using param' -l help -s h -d 'Show this message and exit.'
 
@@ -295,6 +312,15 @@ complete -c memos -n '__memos_using scan' -l all-kinds -d 'Look for every kind, 
 complete -c memos -n '__memos_using scan' -l json -d 'Print JSON instead of text.'
 complete -c memos -n '__memos_using scan' -l help -s h -d 'Show this message and exit.'
 
+# memos serve
+complete -c memos -n '__memos_using serve' -l port -x -d 'Also listen on TCP (HTTP + JSON, MCP at /mcp, /v1/chat/completions); every request then needs a bearer token.'
+complete -c memos -n '__memos_using serve' -l host -x -d 'The address for --port.'
+complete -c memos -n '__memos_using serve' -l chat -l no-chat -d 'Load the chat model (ask, chat completions).'
+complete -c memos -n '__memos_using serve' -l status -d 'Say whether a server runs for this store, and stop.'
+complete -c memos -n '__memos_using serve' -l stop -d 'Stop the server of this store (SIGTERM: it finishes its writes first).'
+complete -c memos -n '__memos_using serve' -l json -d 'Print JSON instead of text.'
+complete -c memos -n '__memos_using serve' -l help -s h -d 'Show this message and exit.'
+
 # memos show
 complete -c memos -n '__memos_using show' -l history -d 'Every version of it, from git history.'
 complete -c memos -n '__memos_using show' -l json -d 'Print JSON instead of text.'
@@ -324,6 +350,9 @@ complete -c memos -n '__memos_using sync' -l purge-remote -d 'When the remote st
 complete -c memos -n '__memos_using sync' -l no-push -d 'Fetch and merge only.'
 complete -c memos -n '__memos_using sync' -l json -d 'Print JSON instead of text.'
 complete -c memos -n '__memos_using sync' -l help -s h -d 'Show this message and exit.'
+
+# memos token
+complete -c memos -n '__memos_using token' -l help -s h -d 'Show this message and exit.'
 
 # memos unpin
 complete -c memos -n '__memos_using unpin' -l json -d 'Print JSON instead of text.'

@@ -47,12 +47,18 @@ def main_options(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
+    no_server: Annotated[
+        bool, typer.Option("--no-server", help="Work here even when `memos serve` runs for the store (by default "
+                                               "recall, add and chat send it their request).")
+    ] = False,
 ) -> None:
-    ctx.ensure_object(dict)["store_path"] = store
+    obj = ctx.ensure_object(dict)
+    obj["store_path"] = store
+    obj["no_server"] = no_server
 
 
-COMMAND_MODULES = ("write", "read", "chat", "change", "kv", "param", "steer", "learn", "history", "portable", "maintain",
-                   "scan", "consolidate", "demo", "config", "completions")
+COMMAND_MODULES = ("write", "read", "chat", "change", "kv", "param", "steer", "learn", "history", "portable", "agents",
+                   "maintain", "scan", "consolidate", "demo", "config", "completions")
 
 
 def load_commands() -> None:

@@ -28,6 +28,15 @@ def open_store(ctx: typer.Context) -> Any:
     return obj["store"]
 
 
+def server_for(ctx: typer.Context) -> Any:
+    """The store's running ``memos serve``, when there is one and ``--no-server`` was not given, else None."""
+    from memos_cli.agents.client import find
+
+    if ctx.ensure_object(dict).get("no_server"):
+        return None
+    return find(resolve_store_path(ctx.obj.get("store_path")))
+
+
 def open_existing_store(ctx: typer.Context) -> Any:
     """The store, which must exist already (reads and maintenance never create one).
 

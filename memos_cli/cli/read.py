@@ -10,7 +10,7 @@ import typer
 from memos_cli.errors import UsageError
 
 from .app import app
-from .common import iter_json_lines, open_existing_store, print_json, read_source, say_notices
+from .common import iter_json_lines, open_existing_store, print_json, read_source, say_notices, server_for
 
 KindF = Annotated[str | None, typer.Option("--kind", metavar="KIND", help="Only this kind.")]
 TagF = Annotated[list[str] | None, typer.Option("--tag", "-t", metavar="TAG",
@@ -80,6 +80,9 @@ def recall(
         raise UsageError("give a query, or --batch FILE")
     if batch is not None and query:
         raise UsageError("give either a query or --batch, not both")
+    if batch is None and not explain and not mask and user is None and (server := server_for(ctx)) is not None:
+        _recall_via(server, " ".join(query or []), k, kind, tag, cube, since, until, pinned, context, json_out)
+        return
     filters = _filters(kind, tag, cube, user, since, until, pinned=pinned)
     if batch is not None:
         queries, ks = [], []
@@ -114,6 +117,26 @@ def recall(
         from .render import hits_table
 
         hits_table(hits, text, explain)
+
+
+def _recall_via(server: Any, text: str, k: int | None, kind: str | None, tag: list[str] | None, cube: str | None,
+                since: str | None, until: str | None, pinned: bool | None, context: bool, json_out: bool) -> None:
+    """Recall through the store's running server (it has everything loaded); printed as a local recall is."""
+    from types import SimpleNamespace
+
+    body = {"query": text, "context": context, "cube": cube, "kind": kind, "tags": tag or None, "since": since,
+            "until": until, **({"k": k} if k else {})}
+    if pinned is not None:
+        body["pinned"] = pinned
+    answer = server.request("POST", "/v1/recall", {key: v for key, v in body.items() if v is not None})
+    if json_out:
+        print_json(answer)
+        return
+    from .render import hits_table
+
+    hits = [SimpleNamespace(unit=SimpleNamespace(id=r["id"], text=r["text"], time=r["time"], kind=r["kind"]),
+                            score=r["score"], before=[], after=[]) for r in answer["results"]]
+    hits_table(hits, text)
 
 
 def _masked(store: Any, hits: list[Any]) -> list[Any]:

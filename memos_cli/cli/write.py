@@ -13,7 +13,7 @@ import typer
 from memos_cli.privacy.policy import parse_override
 
 from .app import app
-from .common import PrivacyOpt, open_store, print_json, read_source, say_notices
+from .common import PrivacyOpt, open_store, print_json, read_source, say_notices, server_for
 
 KindOpt = Annotated[str, typer.Option("--kind", metavar="KIND", help="fact, preference, episode, note, or a word of your own.")]
 TagOpt = Annotated[list[str] | None, typer.Option("--tag", "-t", metavar="TAG", help="A tag; repeat for more.")]
@@ -77,6 +77,12 @@ def add(
 
     override = parse_override(privacy)
     body = read_source("-", "text") if text == ["-"] else " ".join(text)
+    if (server := server_for(ctx)) is not None:  # the server has the model loaded; its adds share commits
+        fields = {"text": body, "kind": kind, "tags": tag or [], "meta": parse_meta_pairs(meta or []), "time": time_,
+                  "ttl": ttl, "importance": importance, "cube": cube, "user": user, "pinned": pin, "privacy": override}
+        added = server.request("POST", "/v1/remember", {k: v for k, v in fields.items() if v is not None})
+        print_json(added) if json_out else print(added["id"])
+        return
     store = open_store(ctx)
     unit = store.add(
         body, kind=kind, tags=tag or [], meta=parse_meta_pairs(meta or []), time=time_, ttl=ttl,

@@ -166,6 +166,11 @@ class Writes:
                       commit=txn.commit)
         return result
 
+    def add_built(self, units: list[MemoryUnit], screening: Screening | None = None) -> None:
+        """Write units already built (``build_unit``) and screened, as one ``add`` commit: a
+        server's adds that arrived together. Units without a vector are embedded first."""
+        self._write_new(units, op="add", screening=screening)
+
     def _write_new(
         self, units: list[MemoryUnit], *, op: str, progress: Callable[[int, int], None] | None = None,
         screening: Screening | None = None,
@@ -173,7 +178,7 @@ class Writes:
         cubes = sorted({u.cube for u in units})
         users = sorted({u.user for u in units})
         # Embed before taking the lock: the slow part should not block other writers.
-        self.embed(units, progress)
+        self.embed([u for u in units if u.vector is None], progress)
         with self.transaction(op, cube=",".join(cubes), user=",".join(users)) as txn:
             self.save(txn, units, new=True)
             txn.ids = [u.id for u in units]
