@@ -25,7 +25,8 @@ _RECALL_FLAGS = {"--json": ("json", True), "--no-context": ("context", False), "
 _ADD_VALUES = {"--kind": "kind", "--tag": "tags", "-t": "tags", "--cube": "cube", "--time": "time", "--ttl": "ttl",
                "--user": "user", "--meta": "meta", "-m": "meta", "--importance": "importance", "--privacy": "privacy"}
 _ADD_FLAGS = {"--json": ("json", True), "--pin": ("pinned", True)}
-_CHAT_VALUES = {"--cube": "cube", "--max-tokens": "max_tokens", "--temperature": "temperature"}
+_CHAT_VALUES = {"--cube": "cube", "--max-tokens": "max_tokens", "--temperature": "temperature", "-k": "k",
+                "--budget": "budget"}
 _CHAT_FLAGS = {"--no-save": ("save", False)}
 _TABLES = {"recall": (_RECALL_VALUES, _RECALL_FLAGS), "add": (_ADD_VALUES, _ADD_FLAGS), "chat": (_CHAT_VALUES, _CHAT_FLAGS)}
 
@@ -139,7 +140,7 @@ def _chat(root: Any, words: list[str], opts: dict[str, Any]) -> int | None:
     if words == ["-"]:
         return None
     try:
-        for key, kind in (("max_tokens", int), ("temperature", float)):
+        for key, kind in (("max_tokens", int), ("temperature", float), ("k", int), ("budget", int)):
             if key in opts:
                 opts[key] = kind(opts[key])
     except ValueError:

@@ -268,6 +268,9 @@ def test_serve_http_tokens_faults_and_a_clean_stop(store, cli):
         assert found["results"][0]["id"] == json.loads(via.out)["id"]
         local = json.loads(cli("--no-server", "recall", "cello", "--json", "--cube", "home").out)
         assert [r["id"] for r in local["results"]] == [r["id"] for r in found["results"]]
+        asked = cli("chat", "Who plays the cello?", "--cube", "home", "--max-tokens", "4", "--no-save", "-k", "2")
+        assert asked.returncode == 0 and asked.out.strip(), asked.err
+        assert _http(port, "POST", "/v1/ask", {"question": "x", "k": "many"}, token=reader)[0] == 400
         log = access.read_audit(store)
         assert {"unauthorized", "denied", "not found", "bad input"} <= {r["status"] for r in log}
         assert "Lisbon" not in (store.state_dir / "audit.jsonl").read_text()

@@ -261,12 +261,13 @@ def build_app(store: MemoryStore, base: MemoryService, chats: Chats, started: fl
 
     @route("/v1/ask", ["POST"])
     async def ask(request: Request, s: MemoryService) -> Any:
-        data = args(await body(request), {"question", "cube", "stream", "save", "max_tokens", "temperature"})
+        data = args(await body(request), {"question", "cube", "stream", "save", "max_tokens", "temperature", "k",
+                                          "budget"})
         question = data.get("question")
         if not isinstance(question, str) or not question.strip():
             raise UsageError('give a "question"')
         turn = ask_turn(s, chats, question, cube=data.get("cube"), save=bool(data.get("save", s.scope.write)),
-                        max_tokens=data.get("max_tokens"), temperature=data.get("temperature"))
+                        **{key: _number(data, key) for key in ("max_tokens", "temperature", "k", "budget")})
         if data.get("stream"):
             async def lines() -> Any:  # JSON lines: {"piece"} ..., then {"done": turn}
                 async for item in _aiter(turn):
@@ -289,8 +290,8 @@ def build_app(store: MemoryStore, base: MemoryService, chats: Chats, started: fl
         question, history = _openai_messages(data.get("messages"))
         cube = data.get("user") if isinstance(data.get("user"), str) and s.scope.readable(data["user"]) else None
         turn = ask_turn(s, chats, question, cube=cube, history=history, save=s.scope.write,
-                        max_tokens=data.get("max_tokens") or data.get("max_completion_tokens"),
-                        temperature=data.get("temperature"))
+                        max_tokens=_number(data, "max_tokens") or _number(data, "max_completion_tokens"),
+                        temperature=_number(data, "temperature"))
         created, cid = int(time.time()), f"chatcmpl-{os.urandom(8).hex()}"
         if data.get("stream"):
             async def events() -> Any:
@@ -323,6 +324,16 @@ def _ids(data: dict[str, Any]) -> list[str]:
     if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
         raise UsageError('give "ids": a list of memory ids')
     return ids
+
+
+def _number(data: dict[str, Any], key: str) -> Any:
+    """A number of the request (None when absent); a bad one is refused, before any work."""
+    value = data.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise UsageError(f"bad {key} {value!r}: use a number")
+    if value is not None and key != "temperature" and value != int(value):
+        raise UsageError(f"bad {key} {value!r}: use a whole number")
+    return value if value is None or key == "temperature" else int(value)
 
 
 def _sse(data: dict[str, Any]) -> str:

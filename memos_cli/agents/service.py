@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from memos_cli.agents.access import Scope, audit
 from memos_cli.errors import NotFoundError, UsageError
-from memos_cli.plaintext.units import MemoryUnit, build_unit
+from memos_cli.plaintext.units import MemoryUnit, build_unit, is_unit_id
 
 if TYPE_CHECKING:
     from memos_cli.store.store import MemoryStore
@@ -148,6 +148,9 @@ class MemoryService:
         """A unit by id (or unique prefix), within the scope; "not found" when outside it."""
         if not isinstance(uid, str) or not uid.strip():
             raise UsageError("give a memory's id")
+        if self.scope.cubes is not None and not is_unit_id(uid.strip().lower()):
+            # A prefix is looked up in every cube: an ambiguous one would tell of units in others.
+            raise UsageError(f"give the memory's full id (14 characters), not {uid.strip()[:20]!r}")
         unit = self._run(lambda: self.store.get(uid))
         if not self.scope.readable(unit.cube):
             raise NotFoundError(f"no memory with id {uid.strip().lower()!r}")
@@ -281,23 +284,25 @@ class Chats:
         except Exception:  # noqa: BLE001 - reported by the first ask that needs it
             pass
 
-    def stream(self, cube: str, question: str, history: list[tuple[str, str]], *, max_tokens: int | None = None,
-               temperature: float | None = None) -> Any:
-        """Yield the answer's pieces, then the turn (the last item); one chat at a time."""
+    def stream(self, cube: str, question: str, history: list[tuple[str, str]], **settings: Any) -> Any:
+        """Yield the answer's pieces, then the turn (the last item); one chat at a time. ``settings``:
+        this turn's max_tokens, temperature, k, budget (None: the session's defaults)."""
+        from memos_cli.chat.session import ChatOptions
+
         with self._lock:
             session = self.session(cube)
+            defaults = ChatOptions(cube=cube)
+            for key in ("max_tokens", "temperature", "k", "budget"):
+                value = settings.get(key)
+                setattr(session.options, key, getattr(defaults, key) if value is None else value)
+            ChatOptions.__post_init__(session.options)  # the values given, checked
             session.history[:] = history
-            if max_tokens is not None:
-                session.options.max_tokens = max_tokens
-            if temperature is not None:
-                session.options.temperature = temperature
             yield from session.ask(question)
             yield session.last
 
 
 def ask_turn(service: MemoryService, chats: Chats, question: str, *, cube: str | None = None,
-             history: list[tuple[str, str]] | None = None, save: bool = True, max_tokens: int | None = None,
-             temperature: float | None = None) -> Any:
+             history: list[tuple[str, str]] | None = None, save: bool = True, **settings: Any) -> Any:
     """A chat turn on the local model with the cube's memory; yields pieces, then a dict of the
     turn (the answer, the memories used, the id it was saved as)."""
     if save:
@@ -306,7 +311,7 @@ def ask_turn(service: MemoryService, chats: Chats, question: str, *, cube: str |
         target = cube or (service.scope.cubes[0] if service.scope.cubes else "default")
         service.scope.check(target)
     turn = None
-    for item in chats.stream(target, question, history or [], max_tokens=max_tokens, temperature=temperature):
+    for item in chats.stream(target, question, history or [], **settings):
         if isinstance(item, str):
             yield item
         else:
