@@ -223,6 +223,7 @@ def test_serve_http_tokens_faults_and_a_clean_stop(store, cli):
         # The same store refuses a second server, naming the first one's pid.
         second = cli("serve", "--port", str(_free_port()))
         assert_clean_failure(second, match=f"pid {proc.pid}")
+        assert_clean_failure(cli("serve", "--port", str(port)), match="cannot listen")  # the port is taken
         status = json.loads(cli("serve", "--status", "--json").out)
         assert status["running"] and status["pid"] == proc.pid and status["port"] == port
 

@@ -427,6 +427,8 @@ def serve(store: MemoryStore, *, host: str | None = None, port: int | None = Non
 
     from memos_cli.agents.service import Chats, MemoryService, Worker
 
+    if port is not None:
+        _check_port(host or "127.0.0.1", port)
     running = Running(store)
     notes = running.claim()
     started = time.time()
@@ -472,6 +474,23 @@ def serve(store: MemoryStore, *, host: str | None = None, port: int | None = Non
     finally:
         worker.stop()  # the writes queued land before the process goes
         running.release()
+
+
+def _check_port(host: str, port: int) -> None:
+    """Refuse, in one line, an address this server could not listen on (before anything is loaded)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 def _server(config: Any) -> Any:
