@@ -307,3 +307,17 @@ def test_a_server_killed_mid_write_leaves_a_store_that_recovers_and_a_socket_the
     acknowledged = [w.stdout.read().decode().strip() for w in writers if w.returncode == 0]
     assert all(store.get(uid) for uid in acknowledged)
     assert head(store.root)
+
+
+def test_chat_sessions_are_made_anew_after_a_purge(store):
+    from memos_cli.agents.service import Chats
+    from memos_cli.store.purge import purge
+
+    leak = store.add("the pinned secret is walnut", pinned=True)
+    store.add("something else")
+    chats = Chats(store)
+    first = chats.session("default")
+    assert chats.session("default") is first  # warm: kept between questions
+    purge(store, [leak.id])
+    again = chats.session("default")
+    assert again is not first and leak.id not in again.head.units

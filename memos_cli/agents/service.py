@@ -254,19 +254,27 @@ class Chats:
     """The chat model, loaded once, and a warm session per cube (its head's KV state in context).
 
     A chat runs on its own thread and its own view of the store (read-only: recall), so that a
-    long answer does not hold up the store's worker; its turn is saved through the worker."""
+    long answer does not hold up the store's worker; its turn is saved through the worker. The
+    sessions are made anew after a purge (their heads may hold the purged text); like an
+    interactive `memos chat`, a session keeps the head it started with until then."""
 
     def __init__(self, store: MemoryStore) -> None:
         self.root = store.root
         self._lock = threading.Lock()
         self._generator: Any = None
         self._sessions: dict[str, Any] = {}
+        self._purged = ""  # the store's purge mark when the sessions were made
 
     def session(self, cube: str) -> Any:
         from memos_cli.chat.session import ChatOptions, ChatSession, chat_settings
         from memos_cli.models.generator import load_generator
+        from memos_cli.store.purge import purge_mark
         from memos_cli.store.store import MemoryStore
 
+        mark = purge_mark(MemoryStore(self.root))
+        if mark != self._purged:  # a purge since: a session's head may hold the purged text in its KV state
+            self._sessions.clear()
+            self._purged = mark
         if cube not in self._sessions:
             store = MemoryStore(self.root)
             if self._generator is None:
