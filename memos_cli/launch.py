@@ -89,12 +89,18 @@ def quick(argv: list[str]) -> int | None:
     words, opts = parsed
     if not words or (command == "recall" and not opts.pop("json", False)):
         return None  # a table is rich's to draw: the full CLI
-    from memos_cli.agents.client import NoServer, call
     from memos_cli.errors import MemosError
     from memos_cli.store.config import resolve_store_path
 
     try:
         root = resolve_store_path(store)
+    except MemosError:
+        return None  # the full CLI says what is wrong with it
+    if not (root / ".git" / "memos" / "serve.json").exists():
+        return None  # no server (the usual case): nothing more is imported here
+    from memos_cli.agents.client import NoServer, call
+
+    try:
         if command == "recall":
             try:
                 opts["k"] = int(opts["k"]) if "k" in opts else None

@@ -30,11 +30,14 @@ def open_store(ctx: typer.Context) -> Any:
 
 def server_for(ctx: typer.Context) -> Any:
     """The store's running ``memos serve``, when there is one and ``--no-server`` was not given, else None."""
-    from memos_cli.agents.client import find
-
     if ctx.ensure_object(dict).get("no_server"):
         return None
-    return find(resolve_store_path(ctx.obj.get("store_path")))
+    root = resolve_store_path(ctx.obj.get("store_path"))
+    if not (root / ".git" / "memos" / "serve.json").exists():
+        return None  # no server (the usual case): its client is not even imported
+    from memos_cli.agents.client import find
+
+    return find(root)
 
 
 def open_existing_store(ctx: typer.Context) -> Any:
