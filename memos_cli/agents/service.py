@@ -311,15 +311,28 @@ class Chats:
 
 def ask_turn(service: MemoryService, chats: Chats, question: str, *, cube: str | None = None,
              history: list[tuple[str, str]] | None = None, save: bool = True, **settings: Any) -> Any:
-    """A chat turn on the local model with the cube's memory; yields pieces, then a dict of the
-    turn (the answer, the memories used, the id it was saved as)."""
+    """A chat turn on the local model with the cube's memory: an iterator of the answer's pieces,
+    then a dict of the turn (the answer, the memories used, the id it was saved as).
+
+    The scope, the question and the settings are checked here, before the iterator is returned:
+    a streamed answer never starts with a request that is refused."""
+    from memos_cli.chat.session import ChatOptions
+
     if save:
         target = service.scope.cube_for(cube)  # saving the turn is a write
     else:
         target = cube or (service.scope.cubes[0] if service.scope.cubes else "default")
         service.scope.check(target)
+    if not isinstance(question, str) or not question.strip():
+        raise UsageError("the question is empty")
+    ChatOptions(cube=target, **{k: v for k, v in settings.items() if v is not None})  # bad values fail here
+    return _turn(service, chats, target, question, history or [], save, settings)
+
+
+def _turn(service: MemoryService, chats: Chats, target: str, question: str, history: list[tuple[str, str]],
+          save: bool, settings: dict[str, Any]) -> Any:
     turn = None
-    for item in chats.stream(target, question, history or [], **settings):
+    for item in chats.stream(target, question, history, **settings):
         if isinstance(item, str):
             yield item
         else:
