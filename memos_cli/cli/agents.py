@@ -64,7 +64,14 @@ def token_create(
                                                                "(--read, the default)?")] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Make a token; its secret is printed once (only its hash is kept, outside the store's history)."""
+    """Make a token; its secret is printed once (only its hash is kept, outside the store's history).
+
+    Examples:
+
+      memos token create editor --cube work --write
+
+      memos token create dashboard --cube '*'
+    """
     from memos_cli.agents.access import create
 
     store = open_existing_store(ctx)
