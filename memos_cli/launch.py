@@ -96,9 +96,7 @@ def quick(argv: list[str]) -> int | None:
         root = resolve_store_path(store)
     except MemosError:
         return None  # the full CLI says what is wrong with it
-    if not (root / ".git" / "memos" / "serve.json").exists():
-        return None  # no server (the usual case): nothing more is imported here
-    from memos_cli.agents.client import NoServer, call
+    from memos_cli.agents.client import NoServer, call  # a lookup of one file when no server runs (the usual case)
 
     try:
         if command == "recall":

@@ -1,14 +1,14 @@
 """The CLI's side of ``memos serve``: find a running server for the store and send it a request.
 
-Standard library only (``http.client`` over the Unix socket): a command that
-finds a server pays neither lancedb's nor llama.cpp's import. No server, a
-stale ``serve.json``, or a socket that does not answer: the caller works
-locally, as without a server.
+Standard library only (``http.client`` over the Unix socket, imported only
+when there is a server to talk to): a command that finds a server pays
+neither lancedb's nor llama.cpp's import, and one that finds none pays a
+file lookup. No server, a stale ``serve.json``, or a socket that does not
+answer: the caller works locally, as without a server.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import socket
@@ -22,16 +22,25 @@ INFO = "serve.json"
 NO_SERVER_ENV = "MEMOS_NO_SERVER"  # set (to anything but 0): never use a server
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float | None) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
+def info_path(root: Path) -> Path:
+    """Where a running server of the store says where it listens (``serve.Running`` writes it)."""
+    return root / ".git" / "memos" / INFO
 
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self._path)
-        self.sock = sock
+
+def _connection(path: str, timeout: float | None) -> Any:
+    """An HTTP connection over the Unix socket at ``path`` (connected now: a server gone raises here)."""
+    import http.client
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(path)
+    except OSError:
+        sock.close()
+        raise
+    conn = http.client.HTTPConnection("localhost", timeout=timeout)
+    conn.sock = sock  # http.client sends over it as it is
+    return conn
 
 
 class Server:
@@ -43,7 +52,7 @@ class Server:
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None, timeout: float | None = 600) -> Any:
         """Send a request; its JSON answer, or the server's error as the matching ``MemosError``."""
-        conn = _UnixConnection(self.socket_path, timeout)
+        conn = _connection(self.socket_path, timeout)
         try:
             conn.request(method, path, body=json.dumps(body).encode() if body is not None else None,
                          headers={"Content-Type": "application/json"})
@@ -55,7 +64,7 @@ class Server:
 
     def stream(self, path: str, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
         """POST and read the answer as JSON lines, as they come."""
-        conn = _UnixConnection(self.socket_path, 600)
+        conn = _connection(self.socket_path, 600)
         try:
             conn.request("POST", path, body=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
             resp = conn.getresponse()
@@ -86,7 +95,7 @@ def find(root: Path) -> Server | None:
     if os.environ.get(NO_SERVER_ENV, "0") not in ("", "0"):
         return None
     try:
-        info = json.loads((root / ".git" / "memos" / INFO).read_text(encoding="utf-8"))
+        info = json.loads(info_path(root).read_text(encoding="utf-8"))
         path, pid = str(info["socket"]), int(info["pid"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -116,7 +125,11 @@ def call(root: Path, method: str, path: str, body: dict[str, Any] | None = None)
         return server.request(method, path, body)
     except (ConnectionRefusedError, FileNotFoundError):  # gone before the request was sent: nothing was done
         raise NoServer from None
-    except (OSError, http.client.HTTPException) as exc:
+    except Exception as exc:
+        import http.client
+
+        if not isinstance(exc, OSError | http.client.HTTPException):
+            raise
         raise StoreError(f"the server (pid {server.pid}) did not answer: {exc}") from None
 
 

@@ -36,6 +36,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from memos_cli.agents import client
 from memos_cli.agents.access import AccessDenied, Scope, audit, verify
 from memos_cli.errors import LockedError, MemosError, NotFoundError, UsageError
 from memos_cli.plaintext import files
@@ -44,7 +45,6 @@ if TYPE_CHECKING:
     from memos_cli.agents.service import Chats, MemoryService
     from memos_cli.store.store import MemoryStore
 
-INFO = "serve.json"
 LOCK = "serve.lock"
 MAX_BODY = 1024 * 1024  # bytes of a request body
 MODEL_ID = "memos"  # the model /v1/models lists
@@ -55,7 +55,7 @@ _via: contextvars.ContextVar[str] = contextvars.ContextVar("memos_via", default=
 
 
 def info_path(store: MemoryStore) -> Path:
-    return store.state_dir / INFO
+    return client.info_path(store.root)
 
 
 def socket_path(store: MemoryStore) -> Path:
@@ -408,7 +408,7 @@ class Running:
     def publish(self, host: str | None, port: int | None) -> None:
         os.chmod(self.socket, 0o600)
         data = {"pid": os.getpid(), "socket": str(self.socket), "host": host, "port": port, "started": time.time()}
-        tmp = info_path(self.store).with_name(INFO + ".tmp")
+        tmp = info_path(self.store).with_name(info_path(self.store).name + ".tmp")
         files.write_private(tmp, json.dumps(data).encode())
         os.replace(tmp, info_path(self.store))
 

@@ -32,12 +32,9 @@ def server_for(ctx: typer.Context) -> Any:
     """The store's running ``memos serve``, when there is one and ``--no-server`` was not given, else None."""
     if ctx.ensure_object(dict).get("no_server"):
         return None
-    root = resolve_store_path(ctx.obj.get("store_path"))
-    if not (root / ".git" / "memos" / "serve.json").exists():
-        return None  # no server (the usual case): its client is not even imported
-    from memos_cli.agents.client import find
+    from memos_cli.agents.client import find  # standard library only; a lookup of one file when there is no server
 
-    return find(root)
+    return find(resolve_store_path(ctx.obj.get("store_path")))
 
 
 def open_existing_store(ctx: typer.Context) -> Any:

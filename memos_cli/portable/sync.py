@@ -310,9 +310,8 @@ class _Plan:
 
 
 def _changes(repo: StoreRepo, old: str, new: str) -> dict[str, str]:
-    out = repo.run(["diff-tree", "-r", "-z", "--no-renames", "--name-status", old, new])
-    parts = [p for p in out.split("\0") if p]
-    return {parts[i + 1]: parts[i] for i in range(0, len(parts) - 1, 2)}
+    """Every file that differs between two commits: path -> git's status letter."""
+    return {path: status for status, path in repo.changed(old, new, ".")}
 
 
 def _blobs(repo: StoreRepo, rev: str, paths: list[str]) -> dict[str, bytes | None]:

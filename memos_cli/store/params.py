@@ -613,7 +613,7 @@ def save(store: MemoryStore, record: ParamRecord, blob: bytes, *, replace: bool 
     problems = verify_blob(blob, None, record)
     if problems:
         raise UsageError(f"bad blob for {record.name}: {problems[0]}")
-    rel, brel = record_path(record.name), blob_path(record.blob)
+    rel = record_path(record.name)
     if not replace and (store.root / rel).exists():  # again under the lock
         raise UsageError(f"a parametric memory named {record.name} exists; use --replace to replace it")
     with store.transaction(OPS[record.kind], cube=record.cube, user=record.user) as txn:
@@ -624,17 +624,7 @@ def save(store: MemoryStore, record: ParamRecord, blob: bytes, *, replace: bool 
         if check_sources and (why := _source_problem(store, record)):
             raise StoreError(f"the memories {record.name} was learned from are not as they were when learning "
                              f"started ({why}); learn it again; nothing was saved")
-        current[record.name] = record
-        drop = _unused_blobs(current, {old.blob} if old else set())
-        paths = [rel, brel, *(blob_path(sha) for sha in drop)]
-        _refuse_hand_edited(store, paths)
-        store._note_paths(txn, paths)
-        target = store.root / brel
-        if not target.is_file() or sha256(target.read_bytes()) != record.blob:  # shared, unless damaged
-            _write_file(store, brel, blob)
-        _write_file(store, rel, record.dumps())
-        for sha in drop:
-            (store.root / blob_path(sha)).unlink(missing_ok=True)
+        _put(store, txn, current, record, blob)
         what = "LoRA adapter" if record.kind == "lora" else "steering vector"
         txn.summary = f"{what} {record.name}" + (" (replaced)" if old else "")
         txn.details.append(f"{record.name}: {what} for {record.model.get('name') or 'model'} "
@@ -645,6 +635,25 @@ def save(store: MemoryStore, record: ParamRecord, blob: bytes, *, replace: bool 
             txn.details.append("sources: " + " ".join(f"{s['id']}@{s['version']}" for s in record.sources))
         txn.trailers["Memos-Param"] = record.name
     return record
+
+
+def _put(store: MemoryStore, txn: Transaction, current: dict[str, ParamRecord], record: ParamRecord,
+         blob: bytes) -> None:
+    """Under the lock, inside ``txn``: write a record and its blob (``current``: the records as they are,
+    updated here), and remove the blob the record's earlier version used when no record names it now."""
+    old = current.get(record.name)
+    current[record.name] = record
+    drop = _unused_blobs(current, {old.blob} if old else set())
+    rel, brel = record_path(record.name), blob_path(record.blob)
+    paths = [rel, brel, *(blob_path(sha) for sha in drop)]
+    _refuse_hand_edited(store, paths)
+    store._note_paths(txn, paths)
+    target = store.root / brel
+    if not target.is_file() or sha256(target.read_bytes()) != record.blob:  # shared, unless damaged
+        _write_file(store, brel, blob)
+    _write_file(store, rel, record.dumps())
+    for sha in drop:
+        (store.root / blob_path(sha)).unlink(missing_ok=True)
 
 
 def merge_in(store: MemoryStore, txn: Transaction, incoming: list[tuple[ParamRecord, bytes]]) -> list[str]:
@@ -664,17 +673,7 @@ def merge_in(store: MemoryStore, txn: Transaction, incoming: list[tuple[ParamRec
         old = current.get(record.name)
         if old is not None and (old.dumps() == record.dumps() or old.created_at >= record.created_at):
             continue
-        current[record.name] = record
-        drop = _unused_blobs(current, {old.blob} if old else set())
-        rel, brel = record_path(record.name), blob_path(record.blob)
-        paths = [rel, brel, *(blob_path(sha) for sha in drop)]
-        _refuse_hand_edited(store, paths)
-        store._note_paths(txn, paths)
-        if not (store.root / brel).is_file():
-            _write_file(store, brel, blob)
-        _write_file(store, rel, record.dumps())
-        for sha in drop:
-            (store.root / blob_path(sha)).unlink(missing_ok=True)
+        _put(store, txn, current, record, blob)
         written.append(record.name)
     return written
 
