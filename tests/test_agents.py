@@ -321,3 +321,16 @@ def test_chat_sessions_are_made_anew_after_a_purge(store):
     purge(store, [leak.id])
     again = chats.session("default")
     assert again is not first and leak.id not in again.head.units
+
+
+def test_bad_input_to_the_agent_commands_is_one_line_and_changes_nothing(store, cli):
+    store.add("a memory")
+    root, before = store.root, head(store.root)
+    assert_clean_failure(cli("mcp", "--cube", "no such cube"), root, before, "bad cube")
+    assert_clean_failure(cli("token", "revoke", "nobody"), root, before, "no token named")
+    assert_clean_failure(cli("token", "create", "x", "--cube", "bad cube!"), root, before, "bad cube")
+    assert_clean_failure(cli("serve", "--port", "0"), root, before, "")
+    missing = store.root.parent / "nowhere"
+    for args in (["audit"], ["token", "list"], ["serve", "--status"]):
+        assert_clean_failure(cli(*args, store=missing), match="no memos store")
+    assert not missing.exists()

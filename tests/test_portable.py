@@ -139,6 +139,11 @@ def test_merge_functions_field_by_field(store):
     ours.text, ours.status = base.text, "deleted"
     merged, conflict = merge3(base, ours, theirs)
     assert merged.status == "deleted" and merged.text == "theirs, earlier" and "forgotten" in conflict.reason
+    # ... also when the other side changed the status otherwise, later: a forget wins over an archive.
+    archived = store.get(base.id)
+    archived.status, archived.updated_at = "archived", ours.updated_at.replace(year=ours.updated_at.year + 1)
+    merged, conflict = merge3(base, ours, archived)
+    assert merged.status == "deleted"
     # Import's two-way merge: the newer side's fields, tags united, counts not added up.
     newer = merge2(store.get(base.id), ours)
     assert newer.status == "deleted" and newer.access_count == 3
