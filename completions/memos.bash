@@ -84,7 +84,7 @@ _memos()
             ;;
         chat)
             case "$prev" in
-                --cube|--user|--kind|--tag|-t|--since|--until|-k|--budget|--model|--ctx|--temperature|--max-tokens|--seed|--kv|--param|--privacy)
+                --cube|--user|--kind|--tag|-t|--since|--until|-k|--budget|--min-relevance|--model|--ctx|--temperature|--max-tokens|--seed|--kv|--param|--privacy)
                     :  # a value with nothing to offer
                     return 0 ;;
                 --batch)
@@ -92,7 +92,7 @@ _memos()
                     return 0 ;;
             esac
             if [[ $cur == -* ]]; then
-                COMPREPLY=($(compgen -W "--cube --user --kind --tag -t --since --until -k --budget --model --ctx --temperature --max-tokens --seed --no-kv --kv --rebuild --no-save --no-recall --param --no-param --privacy --batch --json --help -h" -- "$cur"))
+                COMPREPLY=($(compgen -W "--cube --user --kind --tag -t --since --until -k --budget --min-relevance --model --ctx --temperature --max-tokens --seed --no-kv --kv --rebuild --no-save --no-recall --param --no-param --privacy --batch --json --help -h" -- "$cur"))
             fi
             ;;
         check)
@@ -279,7 +279,7 @@ _memos()
             ;;
         recall)
             case "$prev" in
-                -k|--kind|--tag|-t|--cube|--user|--since|--until)
+                -k|--kind|--tag|-t|--cube|--user|--since|--until|--min-relevance)
                     :  # a value with nothing to offer
                     return 0 ;;
                 --batch)
@@ -287,7 +287,7 @@ _memos()
                     return 0 ;;
             esac
             if [[ $cur == -* ]]; then
-                COMPREPLY=($(compgen -W "-k --kind --tag -t --cube --user --since --until --pinned --unpinned --batch --context --no-context --explain --mask --json --help -h" -- "$cur"))
+                COMPREPLY=($(compgen -W "-k --kind --tag -t --cube --user --since --until --pinned --unpinned --batch --context --no-context --min-relevance --explain --mask --json --help -h" -- "$cur"))
             fi
             ;;
         remote)

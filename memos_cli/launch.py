@@ -19,7 +19,7 @@ import sys
 from typing import Any
 
 _RECALL_VALUES = {"-k": "k", "--cube": "cube", "--kind": "kind", "--tag": "tags", "-t": "tags", "--since": "since",
-                  "--until": "until"}
+                  "--until": "until", "--min-relevance": "min_relevance"}
 _RECALL_FLAGS = {"--json": ("json", True), "--no-context": ("context", False), "--context": ("context", True),
                  "--pinned": ("pinned", True), "--unpinned": ("pinned", False)}
 _ADD_VALUES = {"--kind": "kind", "--tag": "tags", "-t": "tags", "--cube": "cube", "--time": "time", "--ttl": "ttl",
@@ -102,6 +102,7 @@ def quick(argv: list[str]) -> int | None:
         if command == "recall":
             try:
                 opts["k"] = int(opts["k"]) if "k" in opts else None
+                opts["min_relevance"] = float(opts["min_relevance"]) if "min_relevance" in opts else None
             except ValueError:
                 return None
             body = {"query": " ".join(words), **{k: v for k, v in opts.items() if v is not None}}

@@ -7,7 +7,15 @@ import json
 
 import pytest
 
-from memos_cli.plaintext.retrieval import CONTEXT_BOTH, WEIGHT_TEXT, WEIGHT_VECTOR, Hit, _minmax, wants_context
+from memos_cli.plaintext.retrieval import (
+    CONTEXT_BOTH,
+    WEIGHT_RELEVANCE,
+    WEIGHT_TEXT,
+    WEIGHT_VECTOR,
+    Hit,
+    _minmax,
+    wants_context,
+)
 from memos_cli.plaintext.units import MemoryUnit, parse_time
 
 T1 = "2023-05-08T13:56:00"
@@ -51,7 +59,7 @@ def test_a_paraphrase_is_found_by_the_vector_signal_alone(store) -> None:
     assert "dog" in hits[0].unit.text
     assert "text_rank" not in hits[0].signals  # no shared word: the full-text pool never saw it
     assert hits[0].signals["vector_rank"] == 1
-    assert hits[0].score == pytest.approx(WEIGHT_VECTOR * hits[0].signals["vector_norm"])
+    assert hits[0].signals["fused"] == pytest.approx(WEIGHT_VECTOR * hits[0].signals["vector_norm"], abs=1e-6)
 
 
 def test_fusion_adds_both_signals_with_their_weights(store) -> None:
@@ -60,8 +68,11 @@ def test_fusion_adds_both_signals_with_their_weights(store) -> None:
     store.add("Bob prefers coffee.")
     for hit in store.recall("what tea does Alice drink", 3, context=False):
         sig = hit.signals
-        assert hit.score == pytest.approx(WEIGHT_TEXT * sig.get("text_norm", 0) + WEIGHT_VECTOR * sig.get("vector_norm", 0),
-                                          abs=1e-6)
+        fused = WEIGHT_TEXT * sig.get("text_norm", 0) + WEIGHT_VECTOR * sig.get("vector_norm", 0)
+        assert sig["fused"] == pytest.approx(fused, abs=1e-6)
+        # The best candidates' own relevance is mixed in (see retrieval's docstring).
+        assert hit.score == pytest.approx((fused + WEIGHT_RELEVANCE * sig["unit_relevance"]) / (1 + WEIGHT_RELEVANCE),
+                                          abs=1e-4)
     top = store.recall("what tea does Alice drink", 1, context=False)[0]
     assert "Alice" in top.unit.text and top.signals["text_rank"] == 1 and top.signals["vector_rank"] == 1
 
@@ -120,7 +131,7 @@ def test_recall_explain_on_the_command_line(cli, tmp_path) -> None:
     done = cli("recall", "support group meeting", "-k", "2", "--explain", "--json")
     assert done.returncode == 0, done.err
     top = json.loads(done.out)["results"][0]
-    assert set(top["explain"]) == {"score", "text", "vector", "context", "closed"}
+    assert set(top["explain"]) == {"score", "fused", "unit_relevance", "text", "vector", "context", "closed", "relevance"}
     assert top["explain"]["text"]["rank"] == 1 and top["explain"]["text"]["weight"] == WEIGHT_TEXT
     assert len(top["context"]) == 2
     table = cli("recall", "support group meeting", "-k", "2", "--explain")

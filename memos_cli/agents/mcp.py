@@ -66,10 +66,15 @@ def build(service_for: Callable[[], "MemoryService"], chats: "Chats | None", *, 
         since: Annotated[str | None, Field(description="Only units whose time is at or after this (ISO 8601, '7d ago').")] = None,
         until: Annotated[str | None, Field(description="Only units whose time is before this.")] = None,
         context: Annotated[bool, Field(description="Bring the neighbouring turns of conversation hits.")] = True,
+        min_relevance: Annotated[float | None, Field(
+            ge=0, le=1, description="Drop results whose relevance is below this (default: the store's "
+                                    "[recall] min_relevance, 0).")] = None,
     ) -> dict[str, Any]:
-        """Find the memories that best match a query (full-text and vector search, fused)."""
+        """Find the memories that best match a query (full-text and vector search, fused). Each result's
+        `relevance` (0 to 1, comparable across queries) says how likely it is evidence for the query:
+        under 0.5, treat it as "nothing in memory is about this"."""
         results = await call(lambda s: s.recall(query, k, cube=cube, kind=kind, tags=tags, since=since, until=until,
-                                                context=context), "recall")
+                                                context=context, min_relevance=min_relevance), "recall")
         return {"query": query, "results": results}
 
     @server.tool(annotations=reading, structured_output=True)

@@ -211,7 +211,8 @@ def build_app(store: MemoryStore, base: MemoryService, chats: Chats, started: fl
 
     @route("/v1/recall", ["POST"])
     async def recall(request: Request, s: MemoryService) -> Any:
-        data = args(await body(request), {"query", "k", "cube", "kind", "tags", "since", "until", "pinned", "context"})
+        data = args(await body(request), {"query", "k", "cube", "kind", "tags", "since", "until", "pinned", "context",
+                                          "min_relevance"})
         query = data.pop("query", None)
         if not isinstance(query, str) or not query.strip():
             raise UsageError('give a "query"')

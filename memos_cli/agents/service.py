@@ -168,10 +168,12 @@ class MemoryService:
 
     def recall(self, query: str, k: int = 10, *, cube: str | None = None, kind: str | None = None,
                tags: list[str] | None = None, since: str | None = None, until: str | None = None,
-               pinned: bool | None = None, context: bool = True) -> list[dict[str, Any]]:
+               pinned: bool | None = None, context: bool = True,
+               min_relevance: float | None = None) -> list[dict[str, Any]]:
         from memos_cli.plaintext.retrieval import Filters
         from memos_cli.plaintext.units import parse_time
 
+        floor = self.store.config.recall_min_relevance if min_relevance is None else min_relevance
         cubes = self._cubes(cube)
         base = {"kind": kind, "tags": tags or [], "since": parse_time(since, "since"), "until": parse_time(until, "until"),
                 "pinned": pinned}
@@ -180,8 +182,9 @@ class MemoryService:
         def run() -> list[dict[str, Any]]:
             hits = []
             for c in per_cube:
-                hits += self.store.recall(query, k, Filters(cube=c, **base), context=context)
-            hits.sort(key=lambda h: -h.score)
+                hits += self.store.recall(query, k, Filters(cube=c, **base), context=context, min_relevance=floor)
+            if len(per_cube) > 1:  # scores are scaled per search; relevance compares across them
+                hits.sort(key=lambda h: -(h.relevance or 0.0))
             return [h.to_json() for h in hits[:k]]
 
         results = self._run(run)

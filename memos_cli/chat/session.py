@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 
 DEFAULT_K = 8
 DEFAULT_BUDGET = 1024  # tokens of recalled memories per turn
+DEFAULT_MIN_RELEVANCE = 0.5  # recalled memories less likely than not to be about the question stay out of the prompt
 
 
 @dataclass
@@ -53,6 +54,7 @@ class ChatOptions:
     filters: Filters = field(default_factory=Filters)  # the user's recall filters; ``cube`` is set from ``cube``
     k: int = DEFAULT_K
     budget: int = DEFAULT_BUDGET
+    min_relevance: float | None = None  # None: [chat] min_relevance of memos.toml, else DEFAULT_MIN_RELEVANCE
     temperature: float = 0.7
     max_tokens: int = 256
     seed: int | None = None
@@ -71,6 +73,8 @@ class ChatOptions:
             raise UsageError(f"bad -k {self.k}: use a whole number from 1 to 100")
         if self.budget < 0:
             raise UsageError(f"bad --budget {self.budget}: use a number of tokens from 0")
+        if self.min_relevance is not None and not 0.0 <= self.min_relevance <= 1.0:
+            raise UsageError(f"bad --min-relevance {self.min_relevance}: use a number from 0 to 1")
         if not 0.0 <= self.temperature <= 2.0:
             raise UsageError(f"bad --temperature {self.temperature}: use a number from 0 to 2")
         if self.max_tokens < 1:
@@ -236,8 +240,11 @@ class ChatSession:
             return []
         skip = set(self.head.units)
         wanted = self.options.k
+        floor = self.options.min_relevance
+        if floor is None:
+            floor = self.store.config.chat_min_relevance
         hits = self.store.recall(question, min(1000, wanted + len(skip) + 2 * len(self.turns)), self._filters,
-                                 context=False)
+                                 context=False, min_relevance=DEFAULT_MIN_RELEVANCE if floor is None else floor)
         out = [h.unit for h in hits
                if h.unit.id not in skip and (h.unit.meta or {}).get("session") != self.id]
         return out[:wanted]

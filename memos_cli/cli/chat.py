@@ -35,6 +35,10 @@ def chat(
     k: Annotated[int, typer.Option("-k", metavar="N", help="Memories recalled per turn.", min=1, max=100)] = 8,
     budget: Annotated[int, typer.Option("--budget", metavar="TOKENS",
                                         help="Tokens of recalled memories per turn.", min=0)] = 1024,
+    min_relevance: Annotated[float | None, typer.Option(
+        "--min-relevance", metavar="X", min=0.0, max=1.0,
+        help="Recalled memories with a relevance below X stay out of the prompt (default: \\[chat] "
+             "min_relevance in memos.toml, else 0.5).")] = None,
     model: Annotated[str | None, typer.Option("--model", metavar="GGUF",
                                               help="A GGUF chat model (default: \\[chat] model in memos.toml, "
                                                    "else Gemma 3 270M).")] = None,
@@ -109,7 +113,8 @@ def chat(
         if json_out:
             raise UsageError("--json needs a question (as an argument or on stdin)")
     filters = _filters(kind, tag, None, None, since, until)
-    options = ChatOptions(cube=cube, user=user, filters=filters, k=k, budget=budget, temperature=temperature,
+    options = ChatOptions(cube=cube, user=user, filters=filters, k=k, budget=budget, min_relevance=min_relevance,
+                          temperature=temperature,
                           max_tokens=max_tokens, seed=seed, use_kv=not no_kv, kv_id=kv, rebuild=rebuild,
                           save=not no_save, keep_head=text is None or batch is not None, recall=not no_recall,
                           params=named, use_params=not no_param, privacy=parse_override(privacy))
@@ -284,7 +289,7 @@ def _command(session: Any, line: str) -> bool:
             for unit in turn.memories:
                 print(f"  {unit.id}  {printable(' '.join(unit.text.split())[:100])}", file=sys.stderr)
             if not turn.memories:
-                print("  (nothing recalled fit the budget)", file=sys.stderr)
+                print("  (nothing recalled was relevant enough, or fit the budget)", file=sys.stderr)
         print(f"memory block: {len(session.head.units)} units, {len(session.head.tokens)} tokens", file=sys.stderr)
     elif name == "/forget":
         if not arg.strip():

@@ -55,7 +55,12 @@ def recall(
                      help='JSON lines {"query", "k"}; writes one JSON line per query.')] = None,
     context: Annotated[bool, typer.Option("--context/--no-context",
                        help="Bring the neighbouring turns of conversation hits (episodes of one session).")] = True,
-    explain: Annotated[bool, typer.Option("--explain", help="Show the signals that ranked each result.")] = False,
+    min_relevance: Annotated[float | None, typer.Option(
+        "--min-relevance", metavar="X", min=0.0, max=1.0,
+        help="Drop results whose relevance (0 to 1, comparable across queries) is below X; none left "
+             "prints 'no match' (default: \\[recall] min_relevance in memos.toml, 0).")] = None,
+    explain: Annotated[bool, typer.Option("--explain", help="Show the signals that ranked each result, and how "
+                                          "its relevance was reached.")] = False,
     mask: Annotated[bool, typer.Option("--mask", help="Hide the kinds \\[privacy] mask names (secrets and personal "
                                                       "data by default) as \\[redacted:KIND]; memory is not changed.")] = False,
     json_out: JsonOpt = False,
@@ -72,6 +77,8 @@ def recall(
 
       memos recall "when did Bob move" --explain
 
+      memos recall "what is Carol's phone number" --min-relevance 0.5
+
       memos recall --batch questions.jsonl > answers.jsonl
 
       memos recall "who to call about the lease" --mask
@@ -81,7 +88,8 @@ def recall(
     if batch is not None and query:
         raise UsageError("give either a query or --batch, not both")
     if batch is None and not explain and not mask and user is None and (server := server_for(ctx)) is not None:
-        _recall_via(server, " ".join(query or []), k, kind, tag, cube, since, until, pinned, context, json_out)
+        _recall_via(server, " ".join(query or []), k, kind, tag, cube, since, until, pinned, context, min_relevance,
+                    json_out)
         return
     filters = _filters(kind, tag, cube, user, since, until, pinned=pinned)
     if batch is not None:
@@ -97,7 +105,8 @@ def recall(
         store = open_existing_store(ctx)
         ks = [kk or store.config.recall_k for kk in ks]
         store.preload_embedder()
-        results = store.recall_many(queries, ks, filters, context=context) if queries else []
+        floor = store.config.recall_min_relevance if min_relevance is None else min_relevance
+        results = store.recall_many(queries, ks, filters, context=context, min_relevance=floor) if queries else []
         if mask:
             results = [_masked(store, hits) for hits in results]
         say_notices(store)  # an upgrade or a rebuild of the search table, done on the way
@@ -107,7 +116,8 @@ def recall(
     text = " ".join(query or [])
     store = open_existing_store(ctx)
     store.preload_embedder()
-    hits = store.recall(text, k or store.config.recall_k, filters, context=context)
+    floor = store.config.recall_min_relevance if min_relevance is None else min_relevance
+    hits = store.recall(text, k or store.config.recall_k, filters, context=context, min_relevance=floor)
     if mask:
         hits = _masked(store, hits)
     say_notices(store)
@@ -120,12 +130,13 @@ def recall(
 
 
 def _recall_via(server: Any, text: str, k: int | None, kind: str | None, tag: list[str] | None, cube: str | None,
-                since: str | None, until: str | None, pinned: bool | None, context: bool, json_out: bool) -> None:
+                since: str | None, until: str | None, pinned: bool | None, context: bool, min_relevance: float | None,
+                json_out: bool) -> None:
     """Recall through the store's running server (it has everything loaded); printed as a local recall is."""
     from types import SimpleNamespace
 
     body = {"query": text, "context": context, "cube": cube, "kind": kind, "tags": tag or None, "since": since,
-            "until": until, **({"k": k} if k else {})}
+            "until": until, "min_relevance": min_relevance, **({"k": k} if k else {})}
     if pinned is not None:
         body["pinned"] = pinned
     answer = server.request("POST", "/v1/recall", {key: v for key, v in body.items() if v is not None})
@@ -135,7 +146,8 @@ def _recall_via(server: Any, text: str, k: int | None, kind: str | None, tag: li
     from .render import hits_table
 
     hits = [SimpleNamespace(unit=SimpleNamespace(id=r["id"], text=r["text"], time=r["time"], kind=r["kind"]),
-                            score=r["score"], before=[], after=[]) for r in answer["results"]]
+                            score=r["score"], relevance=r.get("relevance"), before=[], after=[])
+            for r in answer["results"]]
     hits_table(hits, text)
 
 

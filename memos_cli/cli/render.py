@@ -88,29 +88,39 @@ def units_table(units: list[MemoryUnit], title: str | None = None) -> None:
 
 def hits_table(hits: list[Any], query: str, explain: bool = False) -> None:
     if not hits:
-        console.print(f"[dim]nothing recalled for {safe(repr(query))}[/dim]")
+        console.print(f"[dim]no match for {safe(repr(query))}[/dim]")
         return
     table = Table(header_style="bold", show_lines=explain)
-    columns = ("score", "id", "time", "kind", "text") + (("why",) if explain else ())
-    for col in columns:
-        table.add_column(col, overflow="fold" if col in ("text", "why") else "ellipsis", no_wrap=col not in ("text", "why"))
+    # Relevance, not the score: it means the same from one query to the next (the score is in --explain).
+    for col in ("relevance", "id", "time", "kind", "text"):
+        table.add_column(col, overflow="fold" if col == "text" else "ellipsis", no_wrap=col != "text")
     for h in hits:
         text = _cell(h.unit.text, 140)
         if h.before or h.after:  # context turns, dimmed around the hit
             text = "\n".join([*(f"[dim]{_cell(u.text, 140)}[/dim]" for u in h.before), text,
                               *(f"[dim]{_cell(u.text, 140)}[/dim]" for u in h.after)])
-        row = [f"{h.score:.4f}", safe(h.unit.id), _short_time(h.unit.time), safe(h.unit.kind), text]
+        relevance = "" if h.relevance is None else f"{h.relevance:.2f}"
+        row = [relevance, safe(h.unit.id), _short_time(h.unit.time), safe(h.unit.kind), text]
         if explain:
             e = h.explain()
-            parts = [f"text #{e['text']['rank']} bm25 {e['text']['bm25']} -> {e['text']['norm']:.2f} x {e['text']['weight']}"
-                     if e["text"]["rank"] else "text: not in its pool",
-                     f"vector #{e['vector']['rank']} cos {e['vector']['cosine']} -> {e['vector']['norm']:.2f} x "
-                     f"{e['vector']['weight']}" if e["vector"]["rank"] else "vector: not in its pool"]
+            lexical, vector, mix = e["text"], e["vector"], e["unit_relevance"]
+            parts = [f"score {e['score']:.4f} = ({e['fused']} fused + {mix['weight']} x relevance "
+                     f"{mix['relevance']}) / {1 + mix['weight']}",
+                     f"text #{lexical['rank']} bm25 {lexical['bm25']} -> {lexical['norm']:.2f} x {lexical['weight']}"
+                     if lexical["rank"] else "text: not in its pool",
+                     f"vector #{vector['rank']} cos {vector['cosine']} -> {vector['norm']:.2f} x {vector['weight']}"
+                     if vector["rank"] else "vector: not in its pool"]
             if e["context"]:
                 parts.append(f"context: {e['context']}")
             if e["closed"]:
                 parts.append(f"superseded since {local_time(e['closed']['valid_to'], True)}: x {e['closed']['weight']}")
-            row.append(safe("\n".join(parts)))
+            if r := e["relevance"]:
+                found, missing = r["words_found"], r["words_missing"]
+                words = f"{len(found)}/{len(found) + len(missing)} query words" + (
+                    f" (missing: {', '.join(missing)})" if missing else "")
+                parts.append(f"relevance {r['relevance']:.2f}: cosine {r['cosine']}, {words}"
+                             + (f"; {r['note']}" if r.get("note") else ""))
+            row[-1] += "\n[dim]" + safe("\n".join(parts)) + "[/dim]"  # under the text: the table keeps its width
         table.add_row(*row)
     console.print(table)
 

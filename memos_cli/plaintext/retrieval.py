@@ -52,7 +52,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -61,10 +61,15 @@ from memos_cli.plaintext.table import FTS_COLUMN, VECTOR_NPROBES, from_row
 from memos_cli.plaintext.terms import query_terms
 from memos_cli.plaintext.units import MemoryUnit, check_name, check_pinned
 
+if TYPE_CHECKING:
+    from memos_cli.plaintext.rowindex import RowIndex
+
 WEIGHT_TEXT = 0.6
 WEIGHT_VECTOR = 0.4
 CANDIDATES_MIN = 50  # each retriever's pool holds at least this many
 CLOSED_WEIGHT = 0.5  # the score of a superseded fact (valid_to passed) is scaled by this
+WEIGHT_RELEVANCE = 2.0  # the best candidates' own relevance, mixed into their score
+RERANK_MIN, RERANK_TIMES = 20, 2  # how many candidates get it: the best max(20, 2k) by the fused score
 
 
 @dataclass
@@ -90,12 +95,21 @@ class Filters:
 
     def sql(self, now: datetime | None = None) -> str | None:
         """A LanceDB (DataFusion SQL) filter; ``now`` also hides expired units."""
+        parts = [self.live(now).sql()] if self.status or now is not None else []
+        narrow = self.narrow_sql()
+        return " AND ".join(p for p in (*parts, narrow) if p) or None
+
+    def live(self, now: datetime | None) -> Live:
+        """The part of the filter about a unit's life: its status, and not expired at ``now``."""
+        return Live(self.status, now)
+
+    def narrow_sql(self, cube: bool = True) -> str | None:
+        """The filter without its ``live`` part: kind, cube (unless not ``cube``), user, pinned, tags,
+        time range."""
         parts = []
-        if self.status:
-            parts.append(f"status = {sql_str(self.status)}")
         if self.kind:
             parts.append(f"kind = {sql_str(self.kind)}")
-        if self.cube:
+        if self.cube and cube:
             parts.append(f"cube = {sql_str(self.cube)}")
         if self.user:
             parts.append(f"user = {sql_str(self.user)}")
@@ -107,9 +121,51 @@ class Filters:
             parts.append(f"time >= {sql_time(self.since)}")
         if self.until:
             parts.append(f"time < {sql_time(self.until)}")
-        if now is not None:
-            parts.append(f"(expires_at IS NULL OR expires_at > {sql_time(now)})")
         return " AND ".join(parts) or None
+
+
+@dataclass(frozen=True)
+class Live:
+    """Which units are alive for a read: of this status (None: any), not expired at ``now`` (None: never mind).
+
+    Nearly every unit of a store usually is, and a search that Lance must
+    filter by these two columns reads them for every row (at 100k units that
+    doubled the cost of each search), so recall searches without them and
+    drops what they exclude from the candidates (``hybrid_search``).
+    """
+
+    status: str | None
+    now: datetime | None
+
+    def sql(self) -> str | None:
+        parts = []
+        if self.status:
+            parts.append(f"status = {sql_str(self.status)}")
+        if self.now is not None:
+            parts.append(f"(expires_at IS NULL OR expires_at > {sql_time(self.now)})")
+        return " AND ".join(parts) or None
+
+    def keeps(self, status: str | None, expires_at: datetime | None) -> bool:
+        return (not self.status or status == self.status) and (
+            self.now is None or expires_at is None or expires_at > self.now)
+
+    def mask(self, table: Any) -> Any:
+        """Which rows of an Arrow table (with ``status`` and ``expires_at``) it keeps."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        keep = pa.array([True] * len(table))
+        if self.status:
+            keep = pc.and_kleene(keep, pc.equal(table.column("status"), self.status))
+        if self.now is not None:  # Kleene logic: null (no expiry) or true is true
+            expires = table.column("expires_at")
+            keep = pc.and_kleene(keep, pc.or_kleene(pc.is_null(expires),
+                                                    pc.greater(expires, pa.scalar(self.now, expires.type))))
+        return pc.fill_null(keep, False)
+
+
+def _and(*parts: str | None) -> str | None:
+    return " AND ".join(f"({p})" for p in parts if p) or None
 
 
 CONTEXT_BOTH = 4  # hits ranked this high bring the turn before and the turn after them
@@ -123,6 +179,9 @@ class Hit:
     before: list[MemoryUnit] = field(default_factory=list)  # context: turns before it, in order
     after: list[MemoryUnit] = field(default_factory=list)  # context: turns after it
     context_reason: str = ""
+    cosine: float = 0.0  # of the query's embedding and the unit's own
+    relevance: float | None = None  # 0 to 1, comparable across queries (``rate``); None until rated
+    assessment: dict[str, Any] = field(default_factory=dict)  # how relevance was reached (``explain``)
 
     @property
     def text(self) -> str:
@@ -134,12 +193,15 @@ class Hit:
         sig = self.signals
         return {
             "score": round(self.score, 6),
+            "fused": sig.get("fused"),
+            "unit_relevance": {"relevance": sig.get("unit_relevance"), "weight": WEIGHT_RELEVANCE},
             "text": {"rank": sig.get("text_rank"), "bm25": sig.get("bm25"), "norm": sig.get("text_norm", 0.0),
                      "weight": WEIGHT_TEXT},
             "vector": {"rank": sig.get("vector_rank"), "cosine": sig.get("cosine"), "norm": sig.get("vector_norm", 0.0),
                        "weight": WEIGHT_VECTOR},
             "context": self.context_reason or None,
             "closed": {"valid_to": sig["closed"], "weight": CLOSED_WEIGHT} if "closed" in sig else None,
+            "relevance": self.assessment or None,
         }
 
     def to_json(self, explain: bool = False) -> dict[str, Any]:
@@ -149,6 +211,7 @@ class Hit:
             "id": u["id"],
             "text": self.text,
             "score": round(self.score, 6),
+            "relevance": None if self.relevance is None else round(self.relevance, 4),
             "kind": u["kind"],
             "tags": u["tags"],
             "time": u["time"],
@@ -164,37 +227,97 @@ class Hit:
         return out
 
 
+def rate(query: str, hits: list[Hit], model: str | None = None) -> None:
+    """Give each hit its ``relevance`` (``relevance.assess``): after ``attach_context``, since the
+    words of the context turns count."""
+    from memos_cli.plaintext.relevance import assess, query_words
+
+    words = query_words(query)
+    for hit in hits:
+        hit.assessment = assess(words, hit.text, hit.cosine, model)
+        hit.relevance = hit.assessment["relevance"]
+
+
 def wants_context(hit: Hit, rank: int) -> tuple[bool, bool, str]:
     """(the turn before?, the turn after?, why) for the hit at 0-based ``rank``."""
     unit = hit.unit
-    if unit.kind != "episode" or unit.time is None or unit.time == unit.created_at:
+    return _wants(unit.kind, unit.time, unit.created_at, "?" in unit.text, rank)
+
+
+def _wants(kind: str | None, when: datetime | None, created_at: datetime | None, asks: bool,
+           rank: int) -> tuple[bool, bool, str]:
+    if kind != "episode" or when is None or when == created_at:
         return False, False, ""  # not a turn, or no session time given (it defaulted to when it was remembered)
     if rank < CONTEXT_BOTH:
         return True, True, f"a top-{CONTEXT_BOTH} hit: the turns before and after it"
-    if "?" in unit.text:
+    if asks:
         return False, True, "it asks a question: the turn after it"
     return False, False, ""
 
 
-def attach_context(ds: Any, hits: list[Hit], where: str | None) -> None:
+@dataclass
+class _Turn:
+    """What choosing a hit's context needs of it."""
+
+    id: str
+    cube: str
+    time: datetime | None
+    before: bool
+    after: bool
+    why: str
+
+
+def attach_context(ds: Any, hits: list[Hit], where: str | None, live: Live | None = None,
+                   index: RowIndex | None = None) -> None:
     """Give episode hits their neighbouring turns (see the module's docstring).
 
     Two reads whatever the size of a thread: the ids of the threads' turns
-    (three small columns), then the neighbours' rows by row id.
+    (a few small columns, ``_threads``), then the neighbours' rows by row id.
+    ``where``, ``live`` and ``index`` are as for ``_threads``. (``recall``
+    with a row index reads the neighbours in the same take as the hits.)
     """
+    turns = [_Turn(h.unit.id, h.unit.cube, h.unit.time, *wants_context(h, rank)) for rank, h in enumerate(hits)]
+    chosen = _choose_context(turns, lambda threads: _threads(ds, threads, where, live, index))
+    if not chosen:
+        return
+    units = _take_units(ds, sorted({rowid for _, _, rowid, _ in chosen}), index=index)
+    for i, side, rowid, why in chosen:
+        getattr(hits[i], side).append(units[rowid])
+        hits[i].context_reason = why
+
+
+def _threads(ds: Any, threads: set[tuple[str, datetime]], where: str | None, live: Live | None,
+             index: RowIndex | None) -> Any:
+    """The turns of these (cube, time) threads that obey the filter, sorted by thread and id: an Arrow
+    table of id, cube, time and _rowid. ``where`` is the narrow filter and ``live`` its live part,
+    applied to the turns after the read, which then costs a third. They come from ``index`` when
+    there is one and ``where`` is None (a filter on the cube alone may be left out of ``where``: a
+    thread is in its hit's cube); other cubes' turns at those times sort into threads of their own.
+    """
+    columns = ["id", "cube", "time"] + (["status", "expires_at"] if live else [])
+    if index is not None and where is None:
+        table = index.episodes_at(sorted({when for _, when in threads}), columns)
+    else:
+        same = " OR ".join(f"(cube = {sql_str(cube)} AND time = {sql_time(when)})" for cube, when in sorted(threads))
+        scope = f"kind = 'episode' AND ({same})" + (f" AND ({where})" if where else "")
+        # Kept in Arrow: a thread can be large (thousands of turns imported with one
+        # time), and Python objects for 20k rows cost 20 times the scan.
+        table = ds.to_table(columns=columns, filter=scope, with_row_id=True)
+    if live is not None:
+        table = table.filter(live.mask(table))
+    return table.sort_by([("cube", "ascending"), ("time", "ascending"), ("id", "ascending")])  # ids sort by age
+
+
+def _choose_context(turns: list[_Turn], threads_of: Callable[[set[tuple[str, datetime]]], Any]
+                    ) -> list[tuple[int, str, int, str]]:
+    """(hit's position, "before" or "after", the neighbour's row id, why) for each context turn to bring."""
     import pyarrow.compute as pc
 
-    wanted = [(hit, *wants_context(hit, rank)) for rank, hit in enumerate(hits)]
-    threads = {(h.unit.cube, h.unit.time) for h, before, after, _ in wanted if before or after}
+    threads = {(t.cube, t.time) for t in turns if (t.before or t.after) and t.time is not None}
     if not threads:
-        return
-    same = " OR ".join(f"(cube = {sql_str(cube)} AND time = {sql_time(when)})" for cube, when in sorted(threads))
-    scope = f"kind = 'episode' AND ({same})" + (f" AND ({where})" if where else "")
-    # Kept in Arrow: a thread can be large (thousands of turns imported with one
-    # time), and Python objects for 20k rows cost 20 times the scan.
-    index = ds.to_table(columns=["id", "cube", "time"], filter=scope, with_row_id=True)
-    index = index.sort_by([("cube", "ascending"), ("time", "ascending"), ("id", "ascending")])  # ids sort by age
-    ids, cubes, times, rowids = (index.column(c) for c in ("id", "cube", "time", "_rowid"))
+        return []
+    table = threads_of(threads)
+    ids, cubes, times, rowids = (table.column(c) for c in ("id", "cube", "time", "_rowid"))
 
     def thread(i: int) -> tuple[Any, Any]:
         return cubes[i].as_py(), times[i].as_py()
@@ -203,25 +326,39 @@ def attach_context(ds: Any, hits: list[Hit], where: str | None) -> None:
     # their context. Lower hits do not count, so the top k of a longer list is
     # the same as that of a list of k.
     shown: set[str] = set()
-    chosen: list[tuple[Hit, list[MemoryUnit], int]] = []  # (hit, its before or after list, row id)
-    for hit, before, after, why in wanted:
-        shown.add(hit.unit.id)
-        i = pc.index(ids, hit.unit.id).as_py() if before or after else -1
+    chosen: list[tuple[int, str, int, str]] = []
+    for pos, turn in enumerate(turns):
+        shown.add(turn.id)
+        i = pc.index(ids, turn.id).as_py() if turn.before or turn.after else -1
         if i < 0:
             continue
-        for take, j, side in ((before, i - 1, hit.before), (after, i + 1, hit.after)):
+        for take, j, side in ((turn.before, i - 1, "before"), (turn.after, i + 1, "after")):
             if take and 0 <= j < len(ids) and thread(j) == thread(i) and (uid := ids[j].as_py()) not in shown:
                 shown.add(uid)
-                chosen.append((hit, side, rowids[j].as_py()))
-                hit.context_reason = why
-    if not chosen:
-        return
-    names = set(ds.schema.names)
-    take = sorted({rowid for _, _, rowid in chosen})
-    rows = ds._take_rows(take, columns=[c for c in _COLUMNS if c in names]).to_pylist()
-    units = {rowid: from_row(row) for rowid, row in zip(take, rows, strict=True)}
-    for _, side, rowid in chosen:
-        side.append(units[rowid])
+                chosen.append((pos, side, rowids[j].as_py(), turn.why))
+    return chosen
+
+
+def _take_units(ds: Any, rowids: list[int], query: np.ndarray | None = None,
+                index: RowIndex | None = None) -> dict[int, Any]:
+    """rowid -> MemoryUnit, in one take; with ``query``, rowid -> (unit, its cosine with ``query``).
+
+    The columns ``index`` holds come from it: a take from Lance costs by the column.
+    """
+    names = set(ds.schema.names)  # a table not yet rebuilt in the current format lacks "pinned"
+    wanted = [c for c in _COLUMNS if c in names]
+    small = [c for c in wanted if index is not None and c in index.columns]
+    columns = [c for c in wanted if c not in small] + (["vector"] if query is not None else [])
+    taken = ds._take_rows(rowids, columns=columns)  # lancedb's take_row_ids, without lancedb
+    cosines = _cosines(query, taken.column("vector")) if query is not None else []
+    rows = taken.drop_columns(["vector"]).to_pylist() if query is not None else taken.to_pylist()
+    if small:
+        for row, more in zip(rows, index.take(rowids, small).to_pylist(), strict=True):  # type: ignore[union-attr]
+            row.update(more)
+    units = [from_row(row) for row in rows]
+    if query is None:
+        return dict(zip(rowids, units, strict=True))
+    return {rowid: (unit, cos) for rowid, unit, cos in zip(rowids, units, cosines, strict=True)}
 
 
 _COLUMNS = [
@@ -231,24 +368,48 @@ _COLUMNS = [
 
 
 def hybrid_search(
-    ds: Any, query: str, embed: Callable[[str], np.ndarray], k: int, where: str | None
+    ds: Any, query: str, embed: Callable[[str], np.ndarray], k: int, where: str | None, live: Live | None = None,
+    index: RowIndex | None = None, context: bool = False, threads_where: str | None = None,
 ) -> list[Hit]:
     """The top ``k`` units for ``query`` in the Lance dataset ``ds``, fused from
     full-text and vector search; ``embed`` turns the query into its vector.
+
+    ``where`` filters the units; with ``live`` it is the narrow part of the
+    filter (``Filters.narrow_sql``), and the live part is applied to the
+    candidates instead of in the searches (see ``Live``): each search asks
+    for twice its pool, and the first ``n`` that are alive are the pool, the
+    same as a search filtered by it would give. A search whose candidates
+    were mostly not alive is run again with the whole filter. ``index``, the
+    table's ``RowIndex`` when it has one, answers what the candidates' life is.
+
+    With ``context``, episode hits bring their neighbouring turns
+    (``attach_context``; ``threads_where`` is the narrow filter for the
+    turns, which may leave the cube out). With an ``index`` that can answer
+    which turns those are, the hits and their neighbours are read in one take.
 
     Both searches return only row ids and scores; the columns of the ``k``
     winners are read afterwards in one take (at 100k units that halves the
     cost of a search, which otherwise reads every column of 2 x 50 candidates).
     """
     n = max(CANDIDATES_MIN, 3 * k)
+    asked = n if live is None else 2 * n
+    full = where if live is None else _and(live.sql(), where)
+    text_query = _text_query(ds, query)
     # The full-text search runs on a worker thread while the query is embedded
     # and the vector search runs: llama.cpp and Lance release the GIL, and this
     # saves about 4 ms of 16 at 100k units on 2 cores.
-    pending_text = _worker().submit(_search, ds, where, n, full_text_query=_text_query(ds, query))
-    nearest = {"column": "vector", "q": embed(query).astype(np.float32), "k": n, "metric": "cosine",
-               "nprobes": VECTOR_NPROBES}
-    vec = _search(ds, where, n, nearest=nearest)
+    pending_text = _worker().submit(_search, ds, where, asked, full_text_query=text_query)
+    qv = embed(query).astype(np.float32)
+
+    def nearest(count: int) -> dict[str, Any]:
+        return {"column": "vector", "q": qv, "k": count, "metric": "cosine", "nprobes": VECTOR_NPROBES}
+
+    vec = _search(ds, where, asked, nearest=nearest(asked))
     text = pending_text.result()
+    lives = _Lives(ds, index)
+    if live is not None:
+        text = lives.alive(text, live, n, asked, lambda: _search(ds, full, n, full_text_query=text_query))
+        vec = lives.alive(vec, live, n, asked, lambda: _search(ds, full, n, nearest=nearest(n)))
 
     signals: dict[int, dict[str, Any]] = {}
     for rank, ((rowid, bm25), norm) in enumerate(zip(text, _minmax([s for _, s in text]), strict=True), 1):
@@ -265,17 +426,95 @@ def hybrid_search(
         return []
     # A fact whose validity has closed (a newer one superseded it) ranks lower, so the
     # current fact comes first; "what was it before" still finds it.
-    pool = list(scores)
     now = datetime.now(UTC)
-    for rowid, closed in zip(pool, ds._take_rows(pool, columns=["valid_to"]).column("valid_to").to_pylist(),
-                             strict=True):
+    lives.read(list(scores))
+    weight = {}
+    for rowid in scores:
+        closed = lives.info[rowid][2]
         if closed is not None and closed <= now:
             signals[rowid]["closed"] = closed.isoformat().replace("+00:00", "Z")
-            scores[rowid] *= CLOSED_WEIGHT
-    best = sorted(scores, key=lambda rowid: (-scores[rowid], rowid))[:k]
-    names = set(ds.schema.names)  # a table not yet rebuilt in the current format lacks "pinned"
-    rows = ds._take_rows(best, columns=[c for c in _COLUMNS if c in names]).to_pylist()  # lancedb's take_row_ids, without lancedb
-    return [Hit(from_row(row), scores[rowid], signals[rowid]) for rowid, row in zip(best, rows, strict=True)]
+        weight[rowid] = CLOSED_WEIGHT if closed is not None and closed <= now else 1.0
+    fused = sorted(scores, key=lambda rowid: (-scores[rowid] * weight[rowid], rowid))
+    fused = fused[:max(k, RERANK_MIN, RERANK_TIMES * k)]
+    cosine = _rerank(ds, query, qv, fused, scores, signals)
+    for rowid in fused:
+        scores[rowid] *= weight[rowid]
+    best = sorted(fused, key=lambda rowid: (-scores[rowid], rowid))[:k]
+    chosen: list[tuple[int, str, int, str]] = []
+    if context and index is not None and threads_where is None:
+        facts = index.take(best, ["id", "cube", "time", "kind", "created_at", "asks"]).to_pydict()
+        turns = [_Turn(facts["id"][i], facts["cube"][i], facts["time"][i],
+                       *_wants(facts["kind"][i], facts["time"][i], facts["created_at"][i], facts["asks"][i], i))
+                 for i in range(len(best))]
+        chosen = _choose_context(turns, lambda threads: _threads(ds, threads, None, live, index))
+    # The winners and their context, in one take.
+    taken = _take_units(ds, best + sorted({rowid for _, _, rowid, _ in chosen} - set(best)), index=index)
+    hits = [Hit(taken[rowid], scores[rowid], signals[rowid], cosine=cosine[rowid]) for rowid in best]
+    for i, side, rowid, why in chosen:
+        getattr(hits[i], side).append(taken[rowid])
+        hits[i].context_reason = why
+    if context and not (index is not None and threads_where is None):
+        attach_context(ds, hits, threads_where, live, index)
+    return hits
+
+
+def _rerank(ds: Any, query: str, qv: np.ndarray, rowids: list[int], scores: dict[int, float],
+            signals: dict[int, dict[str, Any]]) -> dict[int, float]:
+    """Mix each candidate's relevance into its score (see the module's docstring); its cosine by row id.
+
+    The relevance is the unit's own (its text, without context): ``rate`` gives the passage's later.
+    """
+    from memos_cli.plaintext.relevance import query_words, relevance, text_words
+
+    taken = ds._take_rows(rowids, columns=["text", "vector"])
+    cosines = _cosines(qv, taken.column("vector"))
+    words = query_words(query)
+    for rowid, text, cos in zip(rowids, taken.column("text").to_pylist(), cosines, strict=True):
+        coverage = len(words & text_words(text)) / len(words) if words else 0.0
+        rel = relevance(cos, coverage)
+        signals[rowid]["fused"] = round(scores[rowid], 6)
+        signals[rowid]["unit_relevance"] = round(rel, 4)
+        scores[rowid] = (scores[rowid] + WEIGHT_RELEVANCE * rel) / (1.0 + WEIGHT_RELEVANCE)
+    return dict(zip(rowids, cosines, strict=True))
+
+
+class _Lives:
+    """(status, expires_at, valid_to) of candidate rows, read once each."""
+
+    def __init__(self, ds: Any, index: RowIndex | None = None) -> None:
+        self.ds = ds
+        self.index = index
+        self.info: dict[int, tuple[str | None, datetime | None, datetime | None]] = {}
+
+    def read(self, rowids: list[int]) -> None:
+        missing = [r for r in dict.fromkeys(rowids) if r not in self.info]
+        if missing:
+            columns = ["status", "expires_at", "valid_to"]
+            taken = self.index.take(missing, columns) if self.index else self.ds._take_rows(missing, columns=columns)
+            cols = taken.to_pydict()
+            self.info.update(zip(missing, zip(cols["status"], cols["expires_at"], cols["valid_to"], strict=True),
+                                 strict=True))
+
+    def alive(self, found: list[tuple[int, float]], live: Live, n: int, asked: int,
+              again: Callable[[], list[tuple[int, float]]]) -> list[tuple[int, float]]:
+        """The first ``n`` of a search's results that ``live`` keeps; ``again()`` if too few were."""
+        self.read([r for r, _ in found[:n]])  # usually all of them are alive: read no further
+        kept = [(r, s) for r, s in found[:n] if live.keeps(*self.info[r][:2])]
+        if len(kept) < n and len(found) > n:
+            self.read([r for r, _ in found[n:]])
+            kept += [(r, s) for r, s in found[n:] if live.keeps(*self.info[r][:2])]
+        if len(kept) >= n or len(found) < asked:  # enough, or the search found all there is
+            return kept[:n]
+        return again()
+
+
+def _cosines(query: np.ndarray, vectors: Any) -> list[float]:
+    """Cosine similarity of the query's vector and each of an Arrow column of vectors."""
+    if len(vectors) == 0:
+        return []
+    matrix = vectors.combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(len(vectors), -1)
+    norms = np.linalg.norm(matrix, axis=1) * (float(np.linalg.norm(query)) or 1.0)
+    return [float(c) for c in (matrix @ query) / np.where(norms > 0, norms, 1.0)]
 
 
 _pool: ThreadPoolExecutor | None = None

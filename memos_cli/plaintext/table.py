@@ -151,6 +151,8 @@ class UnitTable:
         self.path = tables_dir / f"{TABLE}.lance"
         self._ds: Any = None
         self._ds_stamp: frozenset[str] = frozenset()
+        self._row_index: tuple[Any, Any] | None = None  # (dataset, its RowIndex)
+        self._recalled: Any = None  # the dataset a recall last read
 
     def exists(self) -> bool:
         return (self.path / "_versions").is_dir()
@@ -227,6 +229,19 @@ class UnitTable:
             self._ds = lance.dataset(str(self.path))
             self._ds_stamp = stamp
         return self._ds
+
+    def row_index(self, ds: Any) -> Any:
+        """The ``RowIndex`` of ``ds`` for a recall, or None: it is built the second time a recall
+        reads the same version (see ``rowindex``)."""
+        if self._row_index is not None and self._row_index[0] is ds:
+            return self._row_index[1]
+        if self._recalled is not ds:
+            self._recalled = ds
+            return None
+        from memos_cli.plaintext.rowindex import RowIndex
+
+        self._row_index = (ds, RowIndex(ds))
+        return self._row_index[1]
 
     def open_writer(self) -> None:
         """Before the store's lock: open the dataset and read its ids, so that the write under the

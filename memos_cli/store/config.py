@@ -79,10 +79,16 @@ _SPECS = (
     _Spec("lock.timeout", "lock_timeout", 10.0,
           "seconds a writer waits for another before it fails ($MEMOS_LOCK_TIMEOUT overrides it)", number(0)),
     _Spec("recall.k", "recall_k", 10, "how many results `memos recall` returns when -k is not given", whole(1, 1000)),
+    _Spec("recall.min_relevance", "recall_min_relevance", 0.0,
+          "results with a relevance (0 to 1) below this are dropped when --min-relevance is not given",
+          number(0, 1)),
     _Spec("chat.model", "chat_model", None,
           "a path to a GGUF chat model (none: Gemma 3 270M from its package); --model overrides it", text()),
     _Spec("chat.ctx", "chat_ctx", None, "the chat's context size in tokens (none: 8192); --ctx overrides it",
           whole(256, 1 << 20)),
+    _Spec("chat.min_relevance", "chat_min_relevance", None,
+          "memories recalled for a question with a relevance below this are not shown to the model "
+          "(none: 0.5)", number(0, 1)),
 )
 _SECTIONS = tuple(dict.fromkeys(s.key.partition(".")[0] for s in _SPECS))  # store, embedding, lock, recall, chat
 
@@ -130,8 +136,10 @@ class StoreConfig:
     embedding_model: str = DEFAULT_EMBEDDING_MODEL  # the default, or a path to a GGUF
     lock_timeout: float = 10.0  # seconds a writer waits for another
     recall_k: int = 10  # results of `memos recall` without -k
+    recall_min_relevance: float = 0.0  # results below it are dropped (0: none)
     chat_model: str | None = None  # a path to a GGUF chat model; None: Gemma 3 270M from its package
     chat_ctx: int | None = None  # the chat's context size in tokens; None: 8192
+    chat_min_relevance: float | None = None  # memories below it are not put in the prompt; None: 0.5
     consolidate: ConsolidatePolicy = field(default_factory=ConsolidatePolicy)  # the policy of `memos consolidate`
     consolidate_keys: frozenset[str] = frozenset()  # its keys present in memos.toml: written back even at defaults
     privacy: PrivacyPolicy = field(default_factory=PrivacyPolicy)  # what writes do with secrets and personal data
@@ -201,7 +209,9 @@ class StoreConfig:
             "lock": {"timeout": self.lock_timeout},
             "recall": {"k": self.recall_k},
         }
-        chat = {"model": self.chat_model, "ctx": self.chat_ctx}
+        if self.recall_min_relevance:  # written only when set, so older memos read the file as before
+            doc["recall"]["min_relevance"] = self.recall_min_relevance
+        chat = {"model": self.chat_model, "ctx": self.chat_ctx, "min_relevance": self.chat_min_relevance}
         if any(v is not None for v in chat.values()):
             doc["chat"] = {k: v for k, v in chat.items() if v is not None}
         for section, table in self.extra_keys.items():

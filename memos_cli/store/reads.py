@@ -13,6 +13,13 @@ if TYPE_CHECKING:
     from memos_cli.plaintext.retrieval import Filters, Hit
 
 
+def check_relevance(value: float, name: str = "min relevance") -> float:
+    """A relevance threshold: a number from 0 to 1."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+        raise UsageError(f"bad {name} {value!r}: use a number from 0 to 1")
+    return float(value)
+
+
 class Reads:
     """``MemoryStore``'s reads (a mixin: ``self`` is the store)."""
 
@@ -66,17 +73,22 @@ class Reads:
                     u.last_accessed = parse_time(last)
         return units
 
-    def recall(self, query: str, k: int = 10, filters: Filters | None = None, *, context: bool = True) -> list[Hit]:
-        return self.recall_many([query], k, filters, context=context)[0]
+    def recall(self, query: str, k: int = 10, filters: Filters | None = None, *, context: bool = True,
+               min_relevance: float = 0.0) -> list[Hit]:
+        return self.recall_many([query], k, filters, context=context, min_relevance=min_relevance)[0]
 
     def recall_many(self, queries: list[str], k: int | list[int] = 10, filters: Filters | None = None, *,
-                    context: bool = True) -> list[list[Hit]]:
+                    context: bool = True, min_relevance: float = 0.0) -> list[list[Hit]]:
         """Hybrid recall for several queries; counts the accesses of the hits.
 
         With ``context``, conversation turns come with their neighbouring turns
-        (``retrieval.attach_context``).
+        (``retrieval.attach_context``). Every hit is rated (``retrieval.rate``), and
+        those with a relevance below ``min_relevance`` are dropped: a query that
+        nothing in the store is about gets no results.
         """
-        from memos_cli.plaintext.retrieval import Filters, attach_context, hybrid_search
+        from memos_cli.plaintext.retrieval import Filters, hybrid_search, rate
+
+        check_relevance(min_relevance)
 
         ks = k if isinstance(k, list) else [k] * len(queries)
         for kk in ks:
@@ -89,15 +101,20 @@ class Reads:
         if not self.table.exists():
             return [[] for _ in queries]
         self.check_dim()
-        where = (filters or Filters()).sql(now=utcnow())
+        filters = filters or Filters()
+        where, live = filters.narrow_sql(), filters.live(utcnow())  # live: applied to the candidates
+        threads_where = filters.narrow_sql(cube=False)  # a hit's thread is in the hit's cube
         embed = self.embedder.embed_query
-        results = [
-            self.table.read(lambda ds, q=q, kk=kk: hybrid_search(ds, q, embed, kk, where))
-            for q, kk in zip(queries, ks, strict=True)
-        ]
-        if context:
-            for hits in results:
-                self.table.read(lambda ds, hits=hits: attach_context(ds, hits, where))
+
+        def recall_one(ds: Any, q: str, kk: int) -> list[Hit]:
+            index = self.table.row_index(ds)  # None for a process's first recall of this version
+            return hybrid_search(ds, q, embed, kk, where, live, index, context=context, threads_where=threads_where)
+
+        results = [self.table.read(lambda ds, q=q, kk=kk: recall_one(ds, q, kk))
+                   for q, kk in zip(queries, ks, strict=True)]
+        for q, hits in zip(queries, results, strict=True):
+            rate(q, hits, self.config.embedding_model)
+        results = [[h for h in hits if (h.relevance or 0.0) >= min_relevance] for hits in results]
         self.log_access(h.unit.id for hits in results for h in hits)
         return results
 
