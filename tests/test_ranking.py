@@ -138,3 +138,39 @@ def test_recall_explain_on_the_command_line(cli, tmp_path) -> None:
     assert table.returncode == 0 and "bm25" in table.out and "context" in table.out
     bare = json.loads(cli("recall", "support group meeting", "-k", "1", "--no-context", "--json").out)["results"][0]
     assert bare["context"] == [] and "explain" not in bare
+
+
+def test_candidates_mostly_forgotten_fall_back_to_a_filtered_search(store, monkeypatch) -> None:
+    """Recall searches without the live filter and drops the dead candidates; when too few live
+    ones are left, it searches again with the filter, and finds what a filtered search finds."""
+    from memos_cli.plaintext import retrieval
+    from memos_cli.plaintext.retrieval import Filters, hybrid_search
+    from memos_cli.plaintext.units import utcnow
+
+    units = load(store, [(f"Zebra sighting number {i} at the river.", T1) for i in range(130)])
+    store.forget([u.id for u in units[:110]])
+    live_ids = {u.id for u in units[110:]}
+    filters_seen: list[str | None] = []
+    search = retrieval._search
+    monkeypatch.setattr(retrieval, "_search", lambda ds, where, n, **kw: filters_seen.append(where) or search(ds, where, n, **kw))
+    hits = store.recall("zebra sighting", 15, context=False)
+    assert filters_seen[:2] == [None, None] and len(filters_seen) == 4  # both searched again, filtered
+    assert all("status = 'active'" in (f or "") for f in filters_seen[2:])
+    assert len(hits) == 15 and {h.unit.id for h in hits} <= live_ids
+    filters = Filters()
+    where = filters.sql(now=utcnow())
+    plain = store.table.read(lambda ds: hybrid_search(ds, "zebra sighting", store.embedder.embed_query, 15, where))
+    assert [h.unit.id for h in plain] == [h.unit.id for h in hits]
+
+
+def test_a_warm_process_recalls_the_same_through_its_row_index(store) -> None:
+    units = load(store, CONVERSATION)
+    store.forget([units[2].id])
+    first = store.recall("support group", 3)  # the process's first recall of this version: no index
+    assert store.table._row_index is None
+    again = store.recall("support group", 3)  # the second builds the index and answers from it
+    assert store.table._row_index is not None
+    assert [h.to_json() for h in again] == [h.to_json() for h in first]
+    assert any(h.before or h.after for h in again)
+    store.add("Mel: one more turn", kind="episode")  # a new version: the index is built anew when used twice
+    assert store.recall("support group", 3)[0].unit.id == first[0].unit.id
