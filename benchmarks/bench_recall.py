@@ -9,13 +9,19 @@
   interleaved in the same run (target: at most 1.3 times);
 - `memos --help` (target: under 0.3 s).
 
-Usage: python benchmarks/bench_recall.py [--n 100000] [--keep DIR]
+Usage: python benchmarks/bench_recall.py [--n 100000] [--keep DIR] [--against CHECKOUT]
 (--keep reuses a store built by an earlier run: building 100k units takes minutes.)
+
+--against measures the in-process recall of another checkout of memos too
+(say ``git worktree add /tmp/before HEAD~5``), in fresh processes taking
+turns with this one's, three each, and prints the ratio of their medians:
+on a machine whose speed drifts, the figure that survives.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
@@ -55,7 +61,9 @@ def build(root: Path, n: int) -> None:
           f"in {time.perf_counter() - start:.0f}s")
 
 
-def measure(root: Path, n_queries: int) -> None:
+def measure(root: Path, n_queries: int, code: str | None = None) -> dict[str, float]:
+    if code:  # another checkout's memos_cli, for --against
+        sys.path.insert(0, code)
     from memos_cli.store.store import MemoryStore
 
     store = MemoryStore(root)
@@ -74,6 +82,12 @@ def measure(root: Path, n_queries: int) -> None:
             if context:
                 with_context += sum(1 for h in hits if h.before or h.after)
     n = store.table.count()
+    if code is not None:
+        import memos_cli
+
+        print(json.dumps({"code": str(Path(memos_cli.__file__).parents[1]), "context": pct(lat[True], 0.5),
+                          "no_context": pct(lat[False], 0.5)}), flush=True)
+        return {}
     for context, label in ((True, "default (context on)"), (False, "context=False")):
         print(f"in-process recall at {n} units, k=10, query embedding included, {label}: "
               f"p50 {pct(lat[context], 0.5):.1f} ms, p95 {pct(lat[context], 0.95):.1f} ms ({len(qs)} queries)",
@@ -84,15 +98,33 @@ def measure(root: Path, n_queries: int) -> None:
               "(a store built by an older bench_recall.py, whose episodes have no conversation time?)", flush=True)
 
 
+def compare(root: Path, n_queries: int, other: Path) -> None:
+    """In-process recall p50 of this checkout and ``other``, three fresh processes each, in turns."""
+    here = Path(__file__).resolve().parents[1]
+    runs: dict[Path, list[dict[str, float]]] = {here: [], other: []}
+    for _ in range(3):
+        for code in (other, here):
+            out = subprocess.run([sys.executable, __file__, "--measure", str(root), "--queries", str(n_queries),
+                                  "--code", str(code)], check=True, capture_output=True, text=True).stdout
+            runs[code].append(json.loads(out.strip().splitlines()[-1]))
+    for key, label in (("context", "default (context on)"), ("no_context", "context=False")):
+        mine, theirs = (median([r[key] for r in runs[c]]) for c in (here, other))
+        print(f"in-process recall p50, {label}: this checkout {mine:.1f} ms, {other} {theirs:.1f} ms "
+              f"(medians of 3 runs each, in turns): ratio {mine / theirs:.2f}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--measure", help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--keep", help="build (or reuse) the store here")
     ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--against", metavar="CHECKOUT", help="also measure this checkout's recall, in turns")
+    ap.add_argument("--code", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.measure:
-        return measure(Path(args.measure), args.queries)
+        measure(Path(args.measure), args.queries, args.code)
+        return
     tmp = Path(tempfile.mkdtemp(prefix="memos-bench-recall-"))
     root = Path(args.keep) if args.keep else tmp / "store"
     try:
@@ -105,6 +137,8 @@ def main() -> None:
         # script using the API run: the building process has LanceDB's runtime
         # and caches of the writes still around.
         subprocess.run([sys.executable, __file__, "--measure", str(root), "--queries", str(args.queries)], check=True)
+        if args.against:
+            compare(root, args.queries, Path(args.against).resolve())
 
         memos = [sys.executable, "-m", "memos_cli"]
         cold, base, helps = [], [], []

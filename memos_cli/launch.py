@@ -26,7 +26,7 @@ _ADD_VALUES = {"--kind": "kind", "--tag": "tags", "-t": "tags", "--cube": "cube"
                "--user": "user", "--meta": "meta", "-m": "meta", "--importance": "importance", "--privacy": "privacy"}
 _ADD_FLAGS = {"--json": ("json", True), "--pin": ("pinned", True)}
 _CHAT_VALUES = {"--cube": "cube", "--max-tokens": "max_tokens", "--temperature": "temperature", "-k": "k",
-                "--budget": "budget"}
+                "--budget": "budget", "--min-relevance": "min_relevance"}
 _CHAT_FLAGS = {"--no-save": ("save", False)}
 _TABLES = {"recall": (_RECALL_VALUES, _RECALL_FLAGS), "add": (_ADD_VALUES, _ADD_FLAGS), "chat": (_CHAT_VALUES, _CHAT_FLAGS)}
 
@@ -145,7 +145,8 @@ def _chat(root: Any, words: list[str], opts: dict[str, Any]) -> int | None:
     if words == ["-"]:
         return None
     try:
-        for key, kind in (("max_tokens", int), ("temperature", float), ("k", int), ("budget", int)):
+        for key, kind in (("max_tokens", int), ("temperature", float), ("k", int), ("budget", int),
+                          ("min_relevance", float)):
             if key in opts:
                 opts[key] = kind(opts[key])
     except ValueError:

@@ -231,6 +231,8 @@ def test_serve_http_tokens_faults_and_a_clean_stop(store, cli):
         assert _http(port, "POST", "/v1/recall", {"query": "Lisbon"}, token="memos_nope")[0] == 401
         code, got = _http(port, "POST", "/v1/recall", {"query": "where does Alice live"}, token=writer)
         assert code == 200 and [r["id"] for r in got["results"]] == [home.id]
+        assert _http(port, "POST", "/v1/recall", {"query": "capital of Peru", "min_relevance": 0.5},
+                     token=writer)[1] == {"query": "capital of Peru", "results": []}
         assert _http(port, "POST", "/v1/recall", {"query": "launch", "cube": "work"}, token=writer)[0] == 403
         assert _http(port, "GET", f"/v1/units/{work.id}", token=writer)[0] == 404
         assert _http(port, "GET", f"/v1/units/{work.id}", token=reader)[0] == 200
@@ -269,6 +271,11 @@ def test_serve_http_tokens_faults_and_a_clean_stop(store, cli):
         assert found["results"][0]["id"] == json.loads(via.out)["id"]
         local = json.loads(cli("--no-server", "recall", "cello", "--json", "--cube", "home").out)
         assert [r["id"] for r in local["results"]] == [r["id"] for r in found["results"]]
+        assert 0 <= found["results"][0]["relevance"] <= 1
+        # A relevance floor, through the server's fast path and its JSON endpoint: nothing is about Peru.
+        none = cli("recall", "What is the capital of Peru?", "--json", "--cube", "home", "--min-relevance", "0.5")
+        assert json.loads(none.out)["results"] == [], none.err
+        assert _http(port, "POST", "/v1/ask", {"question": "x", "min_relevance": "high"}, token=reader)[0] == 400
         asked = cli("chat", "Who plays the cello?", "--cube", "home", "--max-tokens", "4", "--no-save", "-k", "2")
         assert asked.returncode == 0 and asked.out.strip(), asked.err
         assert _http(port, "POST", "/v1/ask", {"question": "x", "k": "many"}, token=reader)[0] == 400

@@ -263,12 +263,13 @@ def build_app(store: MemoryStore, base: MemoryService, chats: Chats, started: fl
     @route("/v1/ask", ["POST"])
     async def ask(request: Request, s: MemoryService) -> Any:
         data = args(await body(request), {"question", "cube", "stream", "save", "max_tokens", "temperature", "k",
-                                          "budget"})
+                                          "budget", "min_relevance"})
         question = data.get("question")
         if not isinstance(question, str) or not question.strip():
             raise UsageError('give a "question"')
         turn = ask_turn(s, chats, question, cube=data.get("cube"), save=bool(data.get("save", s.scope.write)),
-                        **{key: _number(data, key) for key in ("max_tokens", "temperature", "k", "budget")})
+                        **{key: _number(data, key) for key in ("max_tokens", "temperature", "k", "budget",
+                                                               "min_relevance")})
         if data.get("stream"):
             async def lines() -> Any:  # JSON lines: {"piece"} ..., then {"done": turn}
                 async for item in _aiter(turn):
@@ -332,9 +333,10 @@ def _number(data: dict[str, Any], key: str) -> Any:
     value = data.get(key)
     if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
         raise UsageError(f"bad {key} {value!r}: use a number")
-    if value is not None and key != "temperature" and value != int(value):
+    fraction = key in ("temperature", "min_relevance")
+    if value is not None and not fraction and value != int(value):
         raise UsageError(f"bad {key} {value!r}: use a whole number")
-    return value if value is None or key == "temperature" else int(value)
+    return value if value is None or fraction else int(value)
 
 
 def _sse(data: dict[str, Any]) -> str:

@@ -297,13 +297,13 @@ class Chats:
 
     def stream(self, cube: str, question: str, history: list[tuple[str, str]], **settings: Any) -> Any:
         """Yield the answer's pieces, then the turn (the last item); one chat at a time. ``settings``:
-        this turn's max_tokens, temperature, k, budget (None: the session's defaults)."""
+        this turn's max_tokens, temperature, k, budget, min_relevance (None: the session's defaults)."""
         from memos_cli.chat.session import ChatOptions
 
         with self._lock:
             session = self.session(cube)
             defaults = ChatOptions(cube=cube)
-            for key in ("max_tokens", "temperature", "k", "budget"):
+            for key in ("max_tokens", "temperature", "k", "budget", "min_relevance"):
                 value = settings.get(key)
                 setattr(session.options, key, getattr(defaults, key) if value is None else value)
             ChatOptions.__post_init__(session.options)  # the values given, checked
