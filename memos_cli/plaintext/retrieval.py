@@ -370,26 +370,17 @@ def _choose_context(turns: list[_Turn], threads_of: Callable[[set[tuple[str, dat
     return chosen
 
 
-def _take_units(ds: Any, rowids: list[int], query: np.ndarray | None = None,
-                index: RowIndex | None = None) -> dict[int, Any]:
-    """rowid -> MemoryUnit, in one take; with ``query``, rowid -> (unit, its cosine with ``query``).
-
-    The columns ``index`` holds come from it: a take from Lance costs by the column.
-    """
+def _take_units(ds: Any, rowids: list[int], index: RowIndex | None = None) -> dict[int, MemoryUnit]:
+    """rowid -> MemoryUnit, in one take. The columns ``index`` holds come from it: a take from
+    Lance costs by the column."""
     names = set(ds.schema.names)  # a table not yet rebuilt in the current format lacks "pinned"
     wanted = [c for c in _COLUMNS if c in names]
     small = [c for c in wanted if index is not None and c in index.columns]
-    columns = [c for c in wanted if c not in small] + (["vector"] if query is not None else [])
-    taken = ds._take_rows(rowids, columns=columns)  # lancedb's take_row_ids, without lancedb
-    cosines = _cosines(query, taken.column("vector")) if query is not None else []
-    rows = taken.drop_columns(["vector"]).to_pylist() if query is not None else taken.to_pylist()
-    if small:
-        for row, more in zip(rows, index.take(rowids, small).to_pylist(), strict=True):  # type: ignore[union-attr]
+    rows = ds._take_rows(rowids, columns=[c for c in wanted if c not in small]).to_pylist()  # lancedb's take_row_ids
+    if index is not None and small:
+        for row, more in zip(rows, index.take(rowids, small).to_pylist(), strict=True):
             row.update(more)
-    units = [from_row(row) for row in rows]
-    if query is None:
-        return dict(zip(rowids, units, strict=True))
-    return {rowid: (unit, cos) for rowid, unit, cos in zip(rowids, units, cosines, strict=True)}
+    return {rowid: from_row(row) for rowid, row in zip(rowids, rows, strict=True)}
 
 
 _COLUMNS = [
