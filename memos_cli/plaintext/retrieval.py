@@ -458,16 +458,16 @@ def hybrid_search(
         weight[rowid] = CLOSED_WEIGHT if closed is not None and closed <= now else 1.0
     fused = sorted(scores, key=lambda rowid: (-scores[rowid] * weight[rowid], rowid))
     fused = fused[:max(k, RERANK_MIN, RERANK_TIMES * k)]
-    cosine = _rerank(ds, query, qv, fused, scores, signals)
+    cosine, texts = _rerank(ds, query, qv, fused, scores, signals)
     for rowid in fused:
         scores[rowid] *= weight[rowid]
     best = sorted(fused, key=lambda rowid: (-scores[rowid], rowid))[:k]
     chosen: list[tuple[int, str, int, str]] = []
     if context and index is not None and threads_where is None:
-        facts = index.take(best, ["id", "cube", "time", "kind", "created_at", "asks"]).to_pydict()
+        facts = index.take(best, ["id", "cube", "time", "kind", "created_at"]).to_pydict()
         turns = [_Turn(facts["id"][i], facts["cube"][i], facts["time"][i],
-                       *_wants(facts["kind"][i], facts["time"][i], facts["created_at"][i], facts["asks"][i], i))
-                 for i in range(len(best))]
+                       *_wants(facts["kind"][i], facts["time"][i], facts["created_at"][i], "?" in texts[rowid], i))
+                 for i, rowid in enumerate(best)]
         chosen = _choose_context(turns, lambda threads: _threads(ds, threads, None, live, index))
     # The winners and their context, in one take.
     taken = _take_units(ds, best + sorted({rowid for _, _, rowid, _ in chosen} - set(best)), index=index)
@@ -481,8 +481,9 @@ def hybrid_search(
 
 
 def _rerank(ds: Any, query: str, qv: np.ndarray, rowids: list[int], scores: dict[int, float],
-            signals: dict[int, dict[str, Any]]) -> dict[int, float]:
-    """Mix each candidate's relevance into its score (see the module's docstring); its cosine by row id.
+            signals: dict[int, dict[str, Any]]) -> tuple[dict[int, float], dict[int, str]]:
+    """Mix each candidate's relevance into its score (see the module's docstring); their cosines and
+    texts by row id.
 
     The relevance is the unit's own (its text, without context): ``rate`` gives the passage's later.
     """
@@ -490,14 +491,15 @@ def _rerank(ds: Any, query: str, qv: np.ndarray, rowids: list[int], scores: dict
 
     taken = ds._take_rows(rowids, columns=["text", "vector"])
     cosines = _cosines(qv, taken.column("vector"))
+    texts = taken.column("text").to_pylist()
     words = query_words(query)
-    for rowid, text, cos in zip(rowids, taken.column("text").to_pylist(), cosines, strict=True):
+    for rowid, text, cos in zip(rowids, texts, cosines, strict=True):
         coverage = len(words & text_words(text)) / len(words) if words else 0.0
         rel = relevance(cos, coverage)
         signals[rowid]["fused"] = round(scores[rowid], 6)
         signals[rowid]["unit_relevance"] = round(rel, 4)
         scores[rowid] = (scores[rowid] + WEIGHT_RELEVANCE * rel) / (1.0 + WEIGHT_RELEVANCE)
-    return dict(zip(rowids, cosines, strict=True))
+    return dict(zip(rowids, cosines, strict=True)), dict(zip(rowids, texts, strict=True))
 
 
 class _Lives:

@@ -4,7 +4,7 @@ Recall reads, besides its two searches, the life of its candidates (status,
 expiry, validity) and the turns of the conversations its hits come from.
 From Lance each of those reads costs 2-8 ms at 100k units, whatever it
 returns (a scan or a take has its own fixed cost); from this index, a tenth
-of a millisecond. Building it reads those columns once (about 50 ms and 12 MB
+of a millisecond. Building it reads those columns once (about 40 ms and 10 MB
 at 100k units), so the table builds it for a version only when a process
 recalls a second time from that version (``UnitTable.row_index``): a server,
 a batch, a chat session. A single recall from the command line does not.
@@ -23,15 +23,13 @@ COLUMNS = ["id", "cube", "user", "time", "kind", "created_at", "status", "expire
 
 
 class RowIndex:
-    """``COLUMNS``, ``asks`` (the text has a "?") and ``_rowid`` of every row of one Lance dataset,
-    sorted by row id."""
+    """``COLUMNS`` and ``_rowid`` of every row of one Lance dataset, sorted by row id."""
 
     def __init__(self, ds: Any) -> None:
         import pyarrow.compute as pc
 
         names = set(ds.schema.names)  # a table not yet rebuilt in the current format lacks "pinned"
-        table = ds.to_table(columns=[c for c in COLUMNS if c in names] + ["text"], with_row_id=True)
-        table = table.append_column("asks", pc.match_substring(table.column("text"), "?")).drop_columns(["text"])
+        table = ds.to_table(columns=[c for c in COLUMNS if c in names], with_row_id=True)
         self.table = table.take(pc.sort_indices(table.column("_rowid")))
         self.rowids = self.table.column("_rowid").to_numpy()
         self.columns = frozenset(self.table.column_names)
