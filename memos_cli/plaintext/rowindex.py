@@ -4,7 +4,7 @@ Recall reads, besides its two searches, the life of its candidates (status,
 expiry, validity) and the turns of the conversations its hits come from.
 From Lance each of those reads costs 2-8 ms at 100k units, whatever it
 returns (a scan or a take has its own fixed cost); from this index, a tenth
-of a millisecond. Building it reads those columns once (about 40 ms and 10 MB
+of a millisecond. Building it reads those columns once (30-60 ms and 10 MB
 at 100k units), so the table builds it for a version only when a process
 recalls a second time from that version (``UnitTable.row_index``): a server,
 a batch, a chat session. A single recall from the command line does not.
