@@ -1,8 +1,8 @@
 """Relevance: how strongly a recalled unit is evidence for the query, from 0 to 1.
 
-Recall's ``score`` ranks the results of one query: its parts are scaled over
-the candidates of that query (see ``retrieval``), so the best result of any
-query scores near 1, whether or not anything in the store is about it.
+Recall's fused score ranks the candidates of one query: its parts are scaled
+over the candidates of that query (see ``retrieval``), so the best candidate
+of any query gets near 1, whether or not anything in the store is about it.
 ``relevance`` answers the other question, "is this a match at all?", and is
 meant to be compared across queries and stores. It is read from two
 measures that do not depend on the other candidates:
