@@ -136,7 +136,9 @@ def test_mcp_over_stdio_with_the_sdk_client(store):
             assert tools["forget"].annotations.destructive_hint and tools["recall"].output_schema
             added = (await client.call_tool("remember", {"text": "Dan runs marathons", "kind": "fact"})).structured_content
             got = (await client.call_tool("recall", {"query": "who plays chess", "k": 3})).structured_content
-            assert got["results"][0]["text"].startswith("Carol plays chess")
+            assert got["results"][0]["text"].startswith("Carol plays chess") and got["results"][0]["relevance"] > 0.5
+            nothing = await client.call_tool("recall", {"query": "the capital of Peru", "min_relevance": 0.5})
+            assert nothing.structured_content["results"] == []
             assert (await client.call_tool("show", {"id": added["id"]})).structured_content["text"] == "Dan runs marathons"
             assert len((await client.call_tool("list", {"limit": 10})).structured_content["units"]) == 3
             assert (await client.call_tool("pin", {"ids": [added["id"]]})).structured_content["pinned"] == [added["id"]]
