@@ -45,8 +45,8 @@ that recalls more than once from a version of the table keeps a
 ``RowIndex`` of its small columns: the candidates' life, the turns of a
 hit's conversation, and the short fields of the units come from it, and the
 hits and their context are read from Lance in one take. At 100k units this
-took the in-process recall from p50 41-57 ms to 25-28 ms (the same store,
-the previous code measured in turn with this).
+took the in-process recall from p50 45.7 ms to 30.4 ms, relevance included
+(``bench_recall.py --against``: the previous code measured in turns with this).
 
 Superseded facts: a unit whose validity has closed (``valid_to`` in the past,
 set by ``memos consolidate`` when a newer fact about the same subject came)
@@ -175,10 +175,6 @@ class Live:
         if self.now is not None:
             parts.append(f"(expires_at IS NULL OR expires_at > {sql_time(self.now)})")
         return " AND ".join(parts) or None
-
-    def keeps(self, status: str | None, expires_at: datetime | None) -> bool:
-        return (not self.status or status == self.status) and (
-            self.now is None or expires_at is None or expires_at > self.now)
 
     def mask(self, table: Any) -> Any:
         """Which rows of an Arrow table (with ``status`` and ``expires_at``) it keeps."""
@@ -428,10 +424,10 @@ def hybrid_search(
 
     vec = _search(ds, where, asked, nearest=nearest(asked))
     text = pending_text.result()
-    lives = _Lives(ds, index)
+    lives = _Lives(ds, live, index)
     if live is not None:
-        text = lives.alive(text, live, n, asked, lambda: _search(ds, full, n, full_text_query=text_query))
-        vec = lives.alive(vec, live, n, asked, lambda: _search(ds, full, n, nearest=nearest(n)))
+        text = lives.alive(text, n, asked, lambda: _search(ds, full, n, full_text_query=text_query))
+        vec = lives.alive(vec, n, asked, lambda: _search(ds, full, n, nearest=nearest(n)))
 
     signals: dict[int, dict[str, Any]] = {}
     for rank, ((rowid, bm25), norm) in enumerate(zip(text, _minmax([s for _, s in text]), strict=True), 1):
@@ -452,10 +448,10 @@ def hybrid_search(
     lives.read(list(scores))
     weight = {}
     for rowid in scores:
-        closed = lives.info[rowid][2]
-        if closed is not None and closed <= now:
-            signals[rowid]["closed"] = closed.isoformat().replace("+00:00", "Z")
+        closed = lives.info[rowid][1]
         weight[rowid] = CLOSED_WEIGHT if closed is not None and closed <= now else 1.0
+        if weight[rowid] != 1.0:
+            signals[rowid]["closed"] = closed.isoformat().replace("+00:00", "Z")
     fused = sorted(scores, key=lambda rowid: (-scores[rowid] * weight[rowid], rowid))
     fused = fused[:max(k, RERANK_MIN, RERANK_TIMES * k)]
     cosine, texts = _rerank(ds, query, qv, fused, scores, signals)
@@ -463,7 +459,8 @@ def hybrid_search(
         scores[rowid] *= weight[rowid]
     best = sorted(fused, key=lambda rowid: (-scores[rowid], rowid))[:k]
     chosen: list[tuple[int, str, int, str]] = []
-    if context and index is not None and threads_where is None:
+    one_take = context and index is not None and threads_where is None  # the index knows the threads' turns
+    if one_take:
         facts = index.take(best, ["id", "cube", "time", "kind", "created_at"]).to_pydict()
         turns = [_Turn(facts["id"][i], facts["cube"][i], facts["time"][i],
                        *_wants(facts["kind"][i], facts["time"][i], facts["created_at"][i], "?" in texts[rowid], i))
@@ -475,7 +472,7 @@ def hybrid_search(
     for i, side, rowid, why in chosen:
         getattr(hits[i], side).append(taken[rowid])
         hits[i].context_reason = why
-    if context and not (index is not None and threads_where is None):
+    if context and not one_take:
         attach_context(ds, hits, threads_where, live, index)
     return hits
 
@@ -503,30 +500,30 @@ def _rerank(ds: Any, query: str, qv: np.ndarray, rowids: list[int], scores: dict
 
 
 class _Lives:
-    """(status, expires_at, valid_to) of candidate rows, read once each."""
+    """(whether ``live`` keeps it, valid_to) of candidate rows, read once each."""
 
-    def __init__(self, ds: Any, index: RowIndex | None = None) -> None:
+    def __init__(self, ds: Any, live: Live | None, index: RowIndex | None = None) -> None:
         self.ds = ds
+        self.live = live
         self.index = index
-        self.info: dict[int, tuple[str | None, datetime | None, datetime | None]] = {}
+        self.info: dict[int, tuple[bool, datetime | None]] = {}
 
     def read(self, rowids: list[int]) -> None:
         missing = [r for r in dict.fromkeys(rowids) if r not in self.info]
         if missing:
             columns = ["status", "expires_at", "valid_to"]
             taken = self.index.take(missing, columns) if self.index else self.ds._take_rows(missing, columns=columns)
-            cols = taken.to_pydict()
-            self.info.update(zip(missing, zip(cols["status"], cols["expires_at"], cols["valid_to"], strict=True),
-                                 strict=True))
+            alive = self.live.mask(taken).to_pylist() if self.live else [True] * len(missing)
+            self.info.update(zip(missing, zip(alive, taken.column("valid_to").to_pylist(), strict=True), strict=True))
 
-    def alive(self, found: list[tuple[int, float]], live: Live, n: int, asked: int,
+    def alive(self, found: list[tuple[int, float]], n: int, asked: int,
               again: Callable[[], list[tuple[int, float]]]) -> list[tuple[int, float]]:
         """The first ``n`` of a search's results that ``live`` keeps; ``again()`` if too few were."""
         self.read([r for r, _ in found[:n]])  # usually all of them are alive: read no further
-        kept = [(r, s) for r, s in found[:n] if live.keeps(*self.info[r][:2])]
+        kept = [(r, s) for r, s in found[:n] if self.info[r][0]]
         if len(kept) < n and len(found) > n:
             self.read([r for r, _ in found[n:]])
-            kept += [(r, s) for r, s in found[n:] if live.keeps(*self.info[r][:2])]
+            kept += [(r, s) for r, s in found[n:] if self.info[r][0]]
         if len(kept) >= n or len(found) < asked:  # enough, or the search found all there is
             return kept[:n]
         return again()
