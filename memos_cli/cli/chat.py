@@ -83,6 +83,8 @@ def chat(
 
       memos chat "when is the deadline?" --cube work --temperature 0 --no-save
 
+      memos chat "what did we decide about the lease?" --min-relevance 0.8
+
       memos chat "what is my dog called?" --no-recall --param facts=0.8 --json
 
       memos chat --batch questions.jsonl --temperature 0 --no-save > answers.jsonl
