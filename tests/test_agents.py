@@ -259,6 +259,19 @@ def test_serve_http_tokens_faults_and_a_clean_stop(store, cli):
                            token=writer)
         assert code == 200 and done["choices"][0]["message"]["role"] == "assistant"
         assert home.id in done["memos"]["memories"]
+        # A client sends the whole conversation each time: the server resumes it from its kept state.
+        said = done["choices"][0]["message"]["content"]
+        usage = [done["usage"]]
+        for follow in ("And Bob?", "Thanks!"):
+            question += [{"role": "assistant", "content": said}, {"role": "user", "content": follow}]
+            code, done = _http(port, "POST", "/v1/chat/completions", {"model": "memos", "max_tokens": 8,
+                                                                     "messages": question}, token=writer)
+            assert code == 200
+            said = done["choices"][0]["message"]["content"]
+            usage.append(done["usage"])
+        cached = [u["prompt_tokens_details"]["cached_tokens"] for u in usage]
+        assert 0 < cached[0] == cached[1] < cached[2] < usage[2]["prompt_tokens"]  # the head; then the first exchange too
+        assert all(u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"] for u in usage)
         code, text = _http(port, "POST", "/v1/chat/completions", {"model": "memos", "max_tokens": 4, "stream": True,
                                                                   "messages": [{"role": "user", "content": "Hi"}]},
                            token=writer)

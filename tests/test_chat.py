@@ -260,6 +260,67 @@ def test_an_interrupted_turn_keeps_the_turns_saved_before_it(chat_store: Path) -
     assert again  # the head was restored: the model still answers
 
 
+def test_a_conversation_resumes_from_its_kept_state_and_answers_as_a_fresh_session(chat_store: Path) -> None:
+    """Each turn evaluates only the last exchange, not the whole conversation again, and the answer
+    is the one a new session given the same history would give."""
+    from memos_cli.chat.session import ChatOptions, ChatSession
+    from memos_cli.models.generator import load_generator
+    from memos_cli.store.store import MemoryStore
+
+    store = MemoryStore(chat_store)
+    questions = [Q, "What does Bob drink?", "What is the deadline?", "Who adopted a cat?"]
+    options = {"temperature": 0.0, "max_tokens": 12, "save": False, "keep_head": True}
+    with load_generator(None) as generator:
+        session = ChatSession(store, generator, ChatOptions(**options))
+        # Another session on the same model (the server's, of another cube) answers in between.
+        closed_book = ChatSession(store, generator, ChatOptions(recall=False, **options))
+        "".join(closed_book.ask("Hello, who are you?"))
+        session.history[:] = [("Hello, who are you?", "An assistant.")]
+        "".join(session.ask(Q))
+        "".join(session.ask("What does Bob drink?"))  # from the state kept after the first exchange
+        between = session.history[:]
+        session.history.clear()
+        for question in questions:
+            "".join(session.ask(question))
+        turns = session.turns[2:]
+        head = len(session.head.tokens)
+        fresh = ChatSession(store, generator, ChatOptions(**options))
+        fresh.history[:] = between[:2]
+        "".join(fresh.ask("What does Bob drink?"))
+        fresh.history[:] = session.history[:3]
+        "".join(fresh.ask(questions[3]))
+        # A history that is not the kept one's continuation (an edited conversation) starts from the head.
+        session.history[:] = [("Something else?", "Yes.")]
+        "".join(session.ask(Q))
+        edited = session.last
+    assert between[2][1] == fresh.turns[0].answer and between[2][1]
+    cached = [t.cached_tokens for t in turns]
+    assert cached[0] == cached[1] == head < cached[2] < cached[3]  # the exchanges before the last were kept
+    assert all(t.prompt_tokens - t.cached_tokens < turns[0].prompt_tokens + 40 for t in turns)
+    assert fresh.last.cached_tokens == head and fresh.last.prompt_tokens == turns[3].prompt_tokens
+    assert fresh.last.answer == turns[3].answer and turns[3].answer
+    assert edited.cached_tokens == head and edited.answer
+
+
+def test_a_template_that_rewrites_earlier_turns_gets_the_whole_conversation_each_turn(chat_store: Path) -> None:
+    from memos_cli.chat.session import ChatOptions, ChatSession
+    from memos_cli.models.generator import PromptFormat, load_generator
+    from memos_cli.store.store import MemoryStore
+
+    # The system message and the last three messages only: what it renders of a turn changes later.
+    window = ("{% for m in messages %}{% if loop.first or loop.revindex <= 3 %}[{{ m.role }}] {{ m.content }}\n"
+              "{% endif %}{% endfor %}[assistant]")
+    with load_generator(None) as generator:
+        generator.format = PromptFormat(window, "", "")
+        session = ChatSession(MemoryStore(chat_store), generator, ChatOptions(temperature=0.0, max_tokens=8,
+                                                                             save=False, keep_head=True))
+        for question in (Q, "What does Bob drink?", "And Carol?"):
+            "".join(session.ask(question))
+    assert all(t.answer for t in session.turns)
+    assert [t.cached_tokens for t in session.turns] == [len(session.head.tokens)] * 3  # no conversation kept
+    assert session.turns[2].prompt_tokens < session.turns[1].prompt_tokens + 60  # the window, not the whole history
+
+
 def test_an_interactive_session_on_a_terminal(chat_store: Path) -> None:
     import pty  # noqa: F401 - POSIX only, like the terminal it stands for
     import select

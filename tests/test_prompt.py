@@ -58,8 +58,27 @@ def test_plain_format_head_does_not_depend_on_the_turn() -> None:
     head1, tail1 = fmt.render("HEAD", "mem one", [], "q1?")
     head2, tail2 = fmt.render("HEAD", "mem two", [("q1?", "a1")], "q2?")
     assert head1 == head2 == "HEAD"
-    assert tail2.endswith("User: q1?\nAssistant: a1\n\nUser: q2?\nAssistant:") and "mem two" in tail2
+    assert tail1 == "\nmem one\n\nUser: q1?\nAssistant:"
+    assert tail2 == "\nUser: q1?\nAssistant: a1\n\nmem two\n\nUser: q2?\nAssistant:"  # this turn's memories last
+    assert fmt.render("HEAD", "", [], "q?")[1] == "\nUser: q?\nAssistant:"  # what parametric memory learns on
     assert "\nUser:" in fmt.stop
+
+
+@pytest.mark.parametrize("template", [None, GEMMA_TEMPLATE, NO_SYSTEM_TEMPLATE])
+def test_the_conversation_grows_at_its_end_and_holds_no_turns_memories(template: str | None) -> None:
+    """What a kept KV state of the conversation rests on: its text depends on the history only, and
+    each exchange adds to its end."""
+    fmt = PromptFormat(template, "<bos>", "<eos>")
+    history = [("q1?", "a1"), ("q2?", "a2"), ("q3?", "a3")]
+    texts = []
+    for n in range(len(history) + 1):
+        head, conversation, turn = fmt.render_parts("HEAD", f"mem {n}", history[:n], f"next{n}?")
+        assert (head, conversation + turn) == fmt.render("HEAD", f"mem {n}", history[:n], f"next{n}?")
+        assert f"mem {n}" in turn and f"next{n}?" in turn and "mem" not in conversation
+        assert fmt.render_parts("HEAD", "other", history[:n], "other?")[1] == conversation
+        texts.append(conversation)
+    assert all(later.startswith(earlier) for earlier, later in zip(texts, texts[1:], strict=False))
+    assert "q3?" in texts[3] and "a3" in texts[3] and "q3?" not in texts[2]
 
 
 @pytest.mark.parametrize("template", [GEMMA_TEMPLATE, NO_SYSTEM_TEMPLATE])
@@ -69,7 +88,7 @@ def test_a_chat_template_is_split_after_the_head(template: str) -> None:
     head2, tail2 = fmt.render("HEAD BLOCK", "other memories", [("q1?", "a1")], "q2?")
     assert head1 == head2 and head1.endswith("HEAD BLOCK")
     whole = head2 + tail2
-    assert whole.index("HEAD BLOCK") < whole.index("other memories") < whole.index("q1?") < whole.index("a1") < whole.index("q2?")
+    assert whole.index("HEAD BLOCK") < whole.index("q1?") < whole.index("a1") < whole.index("other memories") < whole.index("q2?")
     assert fmt.starts_with_bos(head1) == ("bos_token" in template)
 
 

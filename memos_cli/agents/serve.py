@@ -312,6 +312,10 @@ def build_app(store: MemoryStore, base: MemoryService, chats: Chats, started: fl
         return JSONResponse({"id": cid, "object": "chat.completion", "created": created, "model": MODEL_ID,
                              "choices": [{"index": 0, "message": {"role": "assistant", "content": result.get("answer", "")},
                                           "finish_reason": "stop"}],
+                             "usage": {"prompt_tokens": result.get("prompt_tokens", 0),
+                                       "completion_tokens": result.get("tokens", 0),
+                                       "total_tokens": result.get("prompt_tokens", 0) + result.get("tokens", 0),
+                                       "prompt_tokens_details": {"cached_tokens": result.get("cached_tokens", 0)}},
                              "memos": {"memories": result.get("memories", []), "saved": result.get("saved")}})
 
     return server.streamable_http_app(stateless_http=True, json_response=True)

@@ -351,4 +351,5 @@ def _turn(service: MemoryService, chats: Chats, target: str, question: str, hist
             turn.unsaved = str(exc)
     service._audit("ask", target, [u.id for u in turn.memories] + ([saved] if saved else []))
     yield {"answer": turn.answer, "memories": [u.id for u in turn.memories], "saved": saved,
-           "unsaved": turn.unsaved or None, "timings": {k: round(v, 4) for k, v in turn.timings.items()}}
+           "unsaved": turn.unsaved or None, "tokens": turn.tokens, "prompt_tokens": turn.prompt_tokens,
+           "cached_tokens": turn.cached_tokens, "timings": {k: round(v, 4) for k, v in turn.timings.items()}}

@@ -9,17 +9,20 @@ head is prefilled (and chat says why). Every turn then starts from that head:
 1. recall the question against the cube (the store's hybrid recall, with the
    user's filters), leaving out what the head already holds and this
    session's own exchanges;
-2. put the best memories that fit in ``budget`` tokens after the head, then
-   the conversation so far (oldest turns dropped first when the context is
-   short), then the question;
+2. after the head comes the conversation so far (oldest turns dropped first
+   when the context is short), then the best memories that fit in ``budget``
+   tokens, then the question;
 3. generate, streaming;
 4. save the exchange as an ``episode`` unit with the session id in its
    metadata, one commit per turn: an interrupted or crashed session keeps
    every answered turn, and a turn is never half saved.
 
-Before each turn after the first, the head's saved state is restored (3 ms),
-so the model never sees a previous turn's recalled memories, and a loaded
-cache is never changed in place.
+The model never sees a previous turn's recalled memories, and a loaded
+cache is never changed in place: each turn starts from a saved state of the
+head and the conversation's exchanges, which an interactive session (and
+the server) keeps and extends by the last exchange, so the work before the
+first token does not grow with the conversation. Without a kept state, the
+head's own is restored (3 ms).
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ if TYPE_CHECKING:
 
 DEFAULT_K = 8
 DEFAULT_BUDGET = 1024  # tokens of recalled memories per turn
+# A model that goes on to write the next turn's block of memories, as a base model writing a transcript does
+STOP = ["\n" + prompt.RECALLED_TITLE]
 DEFAULT_MIN_RELEVANCE = 0.5  # recalled memories less likely than not to be about the question stay out of the prompt
 
 
@@ -110,6 +115,7 @@ class Turn:
     timings: dict[str, float] = field(default_factory=dict)
     tokens: int = 0  # of the answer
     prompt_tokens: int = 0
+    cached_tokens: int = 0  # of the prompt, not evaluated for this turn (a kept or loaded KV state)
     parametric: list[dict[str, Any]] = field(default_factory=list)  # what each candidate did, and why
 
     def to_json(self) -> dict[str, Any]:
@@ -122,6 +128,7 @@ class Turn:
             **({"unsaved": self.unsaved} if self.unsaved else {}),
             "tokens": self.tokens,
             "prompt_tokens": self.prompt_tokens,
+            "cached_tokens": self.cached_tokens,
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
         }
 
@@ -139,8 +146,10 @@ class ChatSession:
         self.turns: list[Turn] = []
         self.last: Turn | None = None
         self._filters = Filters(**{**options.filters.__dict__, "cube": options.cube})
-        self._state: np.ndarray | None = None
-        self._fresh = False  # the head alone is in the context now
+        self._state: np.ndarray | None = None  # the head's KV state, when kept
+        self._live: list[list[int]] | None = None  # the pieces the context holds now, nothing after them
+        self._kept: tuple[list[list[int]], np.ndarray] | None = None  # head and conversation pieces, and their state
+        self._piece_tokens: dict[str, list[int]] = {}
         self.parametric = self._parametric()  # before the head: steering vectors change its KV state
         self.head = self._prepare()
 
@@ -185,7 +194,7 @@ class ChatSession:
         if not opts.recall:  # closed book: the instructions alone
             tokens = gen.tokenize(prompt.head_text([]), head=True)
             gen.prefill(tokens)
-            self._fresh = True
+            self._live = [tokens]
             if opts.keep_head:
                 self._state = gen.save_state()
             return Head("prefill", prompt.head_text([]), tokens, [], None, time.perf_counter() - started)
@@ -203,7 +212,7 @@ class ChatSession:
                 except CacheError as exc:
                     self.notices.append(f"cannot use activation memory {chosen.id}: {exc}; prefilling instead")
                 else:
-                    self._state, self._fresh = kv.state, True
+                    self._state, self._live = kv.state, [tokens]
                     return Head("kv", chosen.preamble, tokens, [s["id"] for s in chosen.sources], chosen.id,
                                 time.perf_counter() - started, kv.read_seconds, kv.size)
             elif chosen.status != "current":
@@ -219,19 +228,48 @@ class ChatSession:
         tokens = gen.tokenize(text, head=True)
         activation.check_fits(len(tokens), gen.n_ctx)
         gen.prefill(tokens)
-        self._fresh = True
+        self._live = [tokens]
         if opts.keep_head:
             self._state = gen.save_state()
         return Head("prefill", text, tokens, ids, chosen.id if chosen is not None else None, time.perf_counter() - started)
 
-    def _reset_head(self) -> None:
-        if self._fresh:
-            return
-        if self._state is not None:
-            self.generator.load_state(self._state, self.head.tokens)
-        else:
-            self.generator.prefill(self.head.tokens)
-        self._fresh = True
+    def _evaluate(self, pieces: list[list[int]]) -> int:
+        """Put ``pieces`` (the head, then whole exchanges of the conversation) in the context, each
+        piece evaluated on its own, starting from the longest start of them that the context or a
+        kept state already holds; keep the state after them for the next turn (interactive sessions).
+        Returns how many of their tokens were not evaluated now.
+
+        Evaluating piece by piece makes the KV values the same however many turns ago each piece
+        was evaluated, so an answer does not depend on where its conversation was resumed from."""
+        def shared(held: list[list[int]]) -> int:
+            n = 0
+            while n < min(len(held), len(pieces)) and held[n] == pieces[n]:
+                n += 1
+            return n
+
+        gen, live, kept = self.generator, self._live, self._kept
+        if live is not None and not gen.holds([t for p in live for t in p]):
+            live = None  # another session on the same model (the server's, of another cube) used it since
+        held = shared(live) if live is not None else 0
+        if live is not None and held < len(live):
+            held = 0  # the context holds more than a start of pieces, and cannot be cut back everywhere
+        self._live = None  # until the pieces are all in: an interruption leaves the context unknown
+        reused = held  # pieces not evaluated now
+        if kept is not None and shared(kept[0]) == len(kept[0]) > held:
+            reused = len(kept[0])
+            gen.load_state(kept[1], [t for p in kept[0] for t in p])
+        elif held == 0 and self._state is not None:
+            reused = 1
+            gen.load_state(self._state, self.head.tokens)
+        elif held == 0:
+            gen.prefill(self.head.tokens)
+        start = max(reused, 1)
+        for piece in pieces[start:]:
+            gen.extend(piece)
+        self._live = pieces
+        if len(pieces) > start and self.options.keep_head:
+            self._kept = (pieces, gen.save_state())
+        return sum(len(p) for p in pieces[:reused])
 
     # ---- a turn ----------------------------------------------------------------------
 
@@ -249,21 +287,49 @@ class ChatSession:
                if h.unit.id not in skip and (h.unit.meta or {}).get("session") != self.id]
         return out[:wanted]
 
-    def _prompt(self, question: str, memories: list[MemoryUnit]) -> tuple[list[int], list[MemoryUnit]]:
+    def _prompt(self, question: str, memories: list[MemoryUnit]) -> tuple[list[list[int]], list[int], list[MemoryUnit]]:
+        """The prompt as the head and conversation's pieces and this turn's tokens, and the memories in it."""
         gen = self.generator
         block, used = prompt.recalled_block(memories, self.options.budget, gen.count)
         history = list(self.history)
-        while True:  # the head's tokens are fixed; only the tail is rendered here
-            _, tail = gen.format.render(self.head.text, block, history, question)
-            tokens = self.head.tokens + gen.tokenize(tail)
-            if len(tokens) + min(self.options.max_tokens, 64) <= gen.n_ctx:
-                return tokens, used
+        while True:  # the head's tokens are fixed; only what follows is rendered here
+            pieces, rest = self._conversation(history)
+            _, _, turn = gen.format.render_parts(self.head.text, block, history, question)
+            tail = gen.tokenize(rest + turn)
+            size = sum(len(p) for p in pieces) + len(tail)
+            if size + min(self.options.max_tokens, 64) <= gen.n_ctx:
+                return pieces, tail, used
             if history:
                 history.pop(0)
             elif used:
                 block, used = "", []
             else:
                 raise UsageError(f"the question does not fit in the context of {gen.n_ctx} tokens (use --ctx)")
+
+    def _conversation(self, history: list[tuple[str, str]]) -> tuple[list[list[int]], str]:
+        """The head and the exchanges of ``history`` as token pieces, one an exchange (the first also
+        holds what the template writes before it), and the text of the conversation left after them
+        (what comes before the first exchange, when there is none yet). A template whose rendering
+        of the earlier exchanges changes as the conversation grows gives no pieces: the whole
+        conversation is then evaluated with the turn, as the first turn is."""
+        fmt = self.generator.format
+        texts = [fmt.render_parts(self.head.text, "", history[:n], "?")[1] for n in range(len(history) + 1)]
+        if any(not later.startswith(earlier) for earlier, later in zip(texts, texts[1:], strict=False)):
+            return [self.head.tokens], texts[-1]
+        pieces = [self.head.tokens]
+        for earlier, later in zip(texts, texts[1:], strict=False):
+            start = len(earlier) if len(pieces) > 1 else 0
+            pieces.append(self._tokens(later[start:]))
+        return pieces, texts[-1] if len(texts) == 1 else ""
+
+    def _tokens(self, text: str) -> list[int]:
+        """Tokens of a piece of conversation, remembered: each turn tokenizes the same exchanges."""
+        found = self._piece_tokens.get(text)
+        if found is None:
+            if len(self._piece_tokens) > 4096:
+                self._piece_tokens.clear()
+            found = self._piece_tokens[text] = self.generator.tokenize(text)
+        return found
 
     def ask(self, question: str) -> Iterator[str]:
         """Stream the answer to ``question``; afterwards ``self.last`` holds the turn.
@@ -276,19 +342,20 @@ class ChatSession:
             raise UsageError("the question is empty")
         turn = Turn(question)
         started = time.perf_counter()
-        self._reset_head()
         memories = self._recall(question)
         turn.timings["recall_s"] = time.perf_counter() - started
         if self.parametric is not None:
             routed = time.perf_counter()
             turn.parametric = self.parametric.route(question)  # adapters touch the last block only:
             turn.timings["route_s"] = time.perf_counter() - routed  # the head's KV state stays valid
-        tokens, turn.memories = self._prompt(question, memories)
+        held, tail, turn.memories = self._prompt(question, memories)
+        turn.cached_tokens = self._evaluate(held)
+        tokens = [t for p in held for t in p] + tail
         turn.prompt_tokens = len(tokens)
         pieces: list[str] = []
-        self._fresh = False
+        self._live = None  # from here the context holds this turn too
         gen_started = time.perf_counter()
-        for piece in self.generator.stream(tokens, temperature=self.options.temperature,
+        for piece in self.generator.stream(tokens, temperature=self.options.temperature, stop=STOP,
                                            max_tokens=self.options.max_tokens, seed=self.options.seed):
             if not pieces:
                 turn.timings["first_token_s"] = time.perf_counter() - started

@@ -153,6 +153,7 @@ def chat(
         "model": session.generator.identity.to_json(),
         "tokens": turn.tokens,
         "prompt_tokens": turn.prompt_tokens,
+        "cached_tokens": turn.cached_tokens,
         "timings": {**{k: round(v, 4) for k, v in timings.items()}, **turn.to_json()["timings"]},
     })
 

@@ -66,6 +66,7 @@ DEFAULT_CTX = 8192
 N_BATCH = 512  # prefill batch; part of how the head is evaluated, so the same for build and chat
 DEFAULT_MAX_TOKENS = 256
 _SENTINEL = "\u2063MEMOS-SPLIT\u2063"  # marks where the head ends in a rendered template
+_TURN = "\u2063MEMOS-TURN\u2063"  # and where this turn begins, after the conversation so far
 
 
 @dataclass(frozen=True)
@@ -90,10 +91,12 @@ class PromptFormat:
     """How a conversation becomes text.
 
     With a chat template in the GGUF's metadata (``tokenizer.chat_template``),
-    it is rendered with jinja2 (as llama-cpp-python does); the system message
-    carries the head and this turn's memories, split at a marker. Without one
-    (the default Gemma 3 270M is a base model and has none), a plain
-    ``User:``/``Assistant:`` transcript.
+    it is rendered with jinja2 (as llama-cpp-python does): the system message
+    carries the head, and the last user message this turn's memories and the
+    question; markers split the text after the head and before this turn.
+    Without one (the default Gemma 3 270M is a base model and has none), a
+    plain ``User:``/``Assistant:`` transcript, this turn's memories before its
+    question.
     """
 
     def __init__(self, template: str | None, bos_text: str, eos_text: str) -> None:
@@ -117,15 +120,24 @@ class PromptFormat:
 
     def render(self, head: str, memories: str, history: list[tuple[str, str]], question: str) -> tuple[str, str]:
         """(head text, tail text); the head text depends on ``head`` only."""
+        head_text, conversation, turn = self.render_parts(head, memories, history, question)
+        return head_text, conversation + turn
+
+    def render_parts(self, head: str, memories: str, history: list[tuple[str, str]],
+                     question: str) -> tuple[str, str, str]:
+        """(head, conversation, turn): the head text depends on ``head`` only, the conversation's on
+        ``head`` and ``history`` only, and this turn's memories and question are all in the turn's
+        text, after the conversation, so the conversation's KV state can be kept from one turn to
+        the next. The three, joined, are the prompt."""
+        block = f"{memories}\n\n" if memories else ""
         if self._formatter is None:
             turns = "".join(f"User: {q}\nAssistant: {a}\n\n" for q, a in history)
-            block = f"\n{memories}\n" if memories else ""
-            return head, f"{block}\n{turns}User: {question}\nAssistant:"
+            return head, "\n" + turns, f"{block}User: {question}\nAssistant:"
         messages: list[dict[str, str]] = []
         for q, a in history:
             messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
-        messages.append({"role": "user", "content": question})
-        system = head + _SENTINEL + (f"\n\n{memories}" if memories else "")
+        messages.append({"role": "user", "content": _TURN + block + question})
+        system = head + _SENTINEL
         for attempt in ("system", "user"):
             if attempt == "system":
                 msgs = [{"role": "system", "content": system}, *messages]
@@ -137,8 +149,9 @@ class PromptFormat:
             except Exception:  # jinja2 raises whatever the template raises ("System role not supported")
                 continue
             before, sep, after = text.partition(_SENTINEL)
-            if sep:
-                return before, after
+            conversation, turn_sep, turn = after.partition(_TURN)
+            if sep and turn_sep:
+                return before, conversation, turn
         raise ModelError("the model's chat template cannot be used (it rejects a system message and a first user message)")
 
 
@@ -257,6 +270,18 @@ class Generator:
         if common < len(tokens):
             self._llm.eval(tokens[common:])
         return common
+
+    def holds(self, tokens: list[int]) -> bool:
+        """Whether the context holds exactly ``tokens``, evaluated."""
+        n = self._llm.n_tokens
+        return n == len(tokens) and bool(np.array_equal(self._llm.input_ids[:n], tokens))
+
+    def extend(self, tokens: list[int]) -> None:
+        """Evaluate ``tokens`` after what the context holds (in ``N_BATCH`` batches)."""
+        if self._llm.n_tokens + len(tokens) >= self.n_ctx:
+            raise UsageError(f"the prompt is {self._llm.n_tokens + len(tokens)} tokens, more than the context of "
+                             f"{self.n_ctx} (use --ctx)")
+        self._llm.eval(tokens)
 
     def save_state(self) -> np.ndarray:
         """The KV state of what was evaluated, as bytes (a uint8 array)."""
