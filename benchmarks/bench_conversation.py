@@ -1,13 +1,19 @@
 """A conversation with `memos chat`: time to first token at each turn, resuming from the
 state kept after the previous exchanges against evaluating the whole conversation again.
 
-A store of --units memories (pinned: the first 20, with a KV cache of them); one session in
-one process asks --turns questions about them in a row, with greedy decoding and answers of
-up to --max-tokens tokens. Each question is asked twice, in turns, by two sessions on the
-same model: one as `memos chat` runs (the head and the conversation's exchanges kept as a
-KV state, extended by the last exchange), and one that keeps only its head's state, so each
-turn evaluates every exchange again after the head, as chat did before. The two
-prompts are the same token for token, and so must the answers be; the benchmark says so.
+A store of --units memories (pinned: the first 20, with a KV cache of them); --turns questions
+about them asked in a row, with greedy decoding and answers of up to --max-tokens tokens, by
+three sessions on the same model, in turns:
+
+- ahead: as interactive `memos chat` runs: the head and the conversation's exchanges kept as
+  a KV state, and the last exchange evaluated between turns (`ChatSession.ready`, on a thread
+  while the user reads and types), so a turn evaluates only its memories and question;
+- kept: as `memos serve` runs a conversation a client sends: the kept state extended by the
+  last exchange at the start of the turn;
+- whole: only the head's state kept, so each turn evaluates every exchange again after the
+  head, as chat did before.
+
+The prompts are the same token for token, and so must the answers be; the benchmark says so.
 
 Usage: python benchmarks/bench_conversation.py [--turns 12] [--units 200] [--max-tokens 96] [--keep DIR]
 """
@@ -57,29 +63,35 @@ def main() -> None:
         store = MemoryStore(root)
         options = {"temperature": 0.0, "max_tokens": args.max_tokens, "save": False, "keep_head": True}
         with load_generator(None) as generator:
-            kept = ChatSession(store, generator, ChatOptions(**options))
-            whole = ChatSession(store, generator, ChatOptions(**options))
-            whole.options.keep_head = False  # its head's state is kept (above); the conversation's is not
-            print(f"   head: {len(kept.head.tokens)} tokens ({kept.head.source}); {args.turns} questions, "
-                  f"answers of up to {args.max_tokens} tokens", flush=True)
-            print("turn  prompt  kept-state: evaluated  first token  |  whole conversation: evaluated  first token",
-                  flush=True)
+            sessions = {name: ChatSession(store, generator, ChatOptions(**options))
+                        for name in ("ahead", "kept", "whole")}
+            sessions["whole"].options.keep_head = False  # its head's state is kept (above); the conversation's not
+            head = sessions["ahead"].head
+            print(f"   head: {len(head.tokens)} tokens ({head.source}); {args.turns} questions, "
+                  f"answers of up to {args.max_tokens} tokens; each cell: tokens evaluated, first token", flush=True)
+            print("turn  prompt  |  ahead              |  kept               |  whole", flush=True)
             same = True
-            ratios = []
+            firsts: dict[str, list[float]] = {name: [] for name in sessions}
             for n, question in enumerate(queries(args.turns, seed=13), 1):
-                for session in (kept, whole):
+                sessions["ahead"].ready()  # in `memos chat`, while the user types
+                cells = []
+                for name, session in sessions.items():
                     "".join(session.ask(question))
-                a, b = kept.last, whole.last
-                assert a is not None and b is not None
-                same &= a.answer == b.answer and a.prompt_tokens == b.prompt_tokens
-                first_a, first_b = a.timings["first_token_s"], b.timings["first_token_s"]
-                if n > 1:
-                    ratios.append(first_a / first_b)
-                print(f"{n:4d}  {a.prompt_tokens:6d}  {a.prompt_tokens - a.cached_tokens:20d}  {first_a:10.3f}s  |  "
-                      f"{b.prompt_tokens - b.cached_tokens:28d}  {first_b:10.3f}s", flush=True)
-                whole.history[:] = kept.history  # the same conversation, whatever each answered
-        print(f"first token from turn 2 on, kept state / whole conversation: median ratio {median(ratios):.2f}; "
-              f"answers and prompts {'the same' if same else 'DIFFERENT'} both ways", flush=True)
+                    turn = session.last
+                    assert turn is not None
+                    firsts[name].append(turn.timings["first_token_s"])
+                    cells.append(f"{turn.prompt_tokens - turn.cached_tokens:5d} {turn.timings['first_token_s']:8.3f}s")
+                a = sessions["ahead"].last
+                same &= all(s.last.answer == a.answer and s.last.prompt_tokens == a.prompt_tokens
+                            for s in sessions.values())
+                print(f"{n:4d}  {a.prompt_tokens:6d}  |  " + "     |  ".join(cells), flush=True)
+                for session in sessions.values():
+                    session.history[:] = sessions["ahead"].history  # the same conversation, whatever each answered
+        later = {name: median(values[1:]) for name, values in firsts.items()}
+        print(f"first token from turn 2 on, median: ahead {later['ahead']:.3f}s, kept {later['kept']:.3f}s, whole "
+              f"{later['whole']:.3f}s (ratios to whole {later['ahead'] / later['whole']:.2f} and "
+              f"{later['kept'] / later['whole']:.2f}); answers and prompts {'the same' if same else 'DIFFERENT'} "
+              f"all three ways", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -284,6 +284,11 @@ def test_a_conversation_resumes_from_its_kept_state_and_answers_as_a_fresh_sessi
             "".join(session.ask(question))
         turns = session.turns[2:]
         head = len(session.head.tokens)
+        # Between turns (while the user types), an interactive session evaluates the conversation ahead.
+        session.ready()
+        conversation = sum(len(p) for p in session._conversation(session.history)[0])
+        "".join(session.ask("Thanks!"))
+        after_ready = session.last
         fresh = ChatSession(store, generator, ChatOptions(**options))
         fresh.history[:] = between[:2]
         "".join(fresh.ask("What does Bob drink?"))
@@ -300,6 +305,7 @@ def test_a_conversation_resumes_from_its_kept_state_and_answers_as_a_fresh_sessi
     assert fresh.last.cached_tokens == head and fresh.last.prompt_tokens == turns[3].prompt_tokens
     assert fresh.last.answer == turns[3].answer and turns[3].answer
     assert edited.cached_tokens == head and edited.answer
+    assert after_ready.cached_tokens == conversation > cached[3]
 
 
 def test_a_template_that_rewrites_earlier_turns_gets_the_whole_conversation_each_turn(chat_store: Path) -> None:
@@ -354,10 +360,13 @@ def test_an_interactive_session_on_a_terminal(chat_store: Path) -> None:
     until(b"memory block: 3 units", 30)  # fails by timing out when it never comes
     os.write(master, f"/forget {other}\n".encode())
     until(f"forgot {other}".encode(), 30)
+    until(b"you> ", 30)
+    os.write(master, b"What does Bob drink?\n")  # on the conversation evaluated while the user typed
+    assert until(b"you> ").strip()
     os.write(master, b"/quit\n")
     assert proc.wait(timeout=60) == 0
     os.close(master)
-    assert commit_count(chat_store) == before + 2  # the answered turn, and the forget
+    assert commit_count(chat_store) == before + 3  # the two answered turns, and the forget
 
 
 def test_a_block_grown_at_its_end_keeps_the_saved_state_and_answers_as_a_full_prefill(chat_store: Path) -> None:

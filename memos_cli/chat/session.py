@@ -331,6 +331,19 @@ class ChatSession:
             found = self._piece_tokens[text] = self.generator.tokenize(text)
         return found
 
+    def ready(self) -> None:
+        """Evaluate the head and the conversation so far now, and keep their state: the part of the
+        next turn that does not depend on its question, done while the user reads and types (an
+        interactive session calls it between turns). Does nothing in a session that keeps no state,
+        or when the conversation no longer fits the context (the next turn drops its oldest
+        exchanges, and evaluates what is left itself)."""
+        if not self.options.keep_head:
+            return
+        pieces, _ = self._conversation(list(self.history))
+        if sum(len(p) for p in pieces) + 2 * min(self.options.max_tokens, 64) > self.generator.n_ctx:
+            return
+        self._evaluate(pieces)
+
     def ask(self, question: str) -> Iterator[str]:
         """Stream the answer to ``question``; afterwards ``self.last`` holds the turn.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from typing import Annotated, Any
 
@@ -225,32 +226,70 @@ def _interactive(session: Any) -> None:
     print(f"memos chat: {session.generator.identity.name}, cube {session.options.cube}, "
           f"memory block of {len(head.units)} units ({len(head.tokens)} tokens, {where}). /help for commands.",
           file=sys.stderr)
-    while True:
-        try:
-            line = input("you> ").strip()
-        except EOFError:
-            print(file=sys.stderr)
-            return
-        except KeyboardInterrupt:
-            print(file=sys.stderr)
-            continue
-        if not line:
-            continue
-        _screen_history(session, line)
-        if line.startswith("/"):
-            if _command(session, line):
+    ahead = _Ahead(session)
+    try:
+        while True:
+            try:
+                line = input("you> ").strip()
+            except EOFError:
+                print(file=sys.stderr)
                 return
-            continue
+            except KeyboardInterrupt:
+                print(file=sys.stderr)
+                continue
+            if not line:
+                continue
+            _screen_history(session, line)
+            if line.startswith("/"):
+                if _command(session, line):
+                    return
+                continue
+            try:
+                ahead.wait()
+                for piece in session.ask(line):
+                    sys.stdout.write(piece)
+                    sys.stdout.flush()
+                sys.stdout.write("\n")
+            except KeyboardInterrupt:
+                print("\n(interrupted: this turn is not saved)", file=sys.stderr)
+            except MemosError as exc:
+                print(f"memos: error: {exc}", file=sys.stderr)
+            say_notices(session.store)
+            ahead.start()
+    finally:
+        ahead.wait(interruptible=False)
+
+
+class _Ahead:
+    """The next turn's conversation evaluated on a thread while the user reads the answer and types
+    (``ChatSession.ready``); ``wait`` before the model is used again. A failure there is left to
+    the next turn, which evaluates what is missing itself."""
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="memos-chat-ahead", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
         try:
-            for piece in session.ask(line):
-                sys.stdout.write(piece)
-                sys.stdout.flush()
-            sys.stdout.write("\n")
-        except KeyboardInterrupt:
-            print("\n(interrupted: this turn is not saved)", file=sys.stderr)
-        except MemosError as exc:
-            print(f"memos: error: {exc}", file=sys.stderr)
-        say_notices(session.store)
+            self.session.ready()
+        except Exception:  # noqa: BLE001 - see the class docstring
+            pass
+
+    def wait(self, interruptible: bool = True) -> None:
+        """Until the thread is done; a Ctrl-C meanwhile is raised after it (the model is not shared)."""
+        thread, interrupted = self._thread, False
+        while thread is not None and thread.is_alive():
+            try:
+                thread.join()
+            except KeyboardInterrupt:
+                interrupted = True
+        self._thread = None
+        if interrupted and interruptible:
+            raise KeyboardInterrupt
 
 
 def _screen_history(session: Any, line: str) -> None:
