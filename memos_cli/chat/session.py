@@ -150,6 +150,7 @@ class ChatSession:
         self._live: list[list[int]] | None = None  # the pieces the context holds now, nothing after them
         self._kept: tuple[list[list[int]], np.ndarray] | None = None  # head and conversation pieces, and their state
         self._piece_tokens: dict[str, list[int]] = {}
+        self._texts: dict[tuple[tuple[str, str], ...], str] = {}
         self.parametric = self._parametric()  # before the head: steering vectors change its KV state
         self.head = self._prepare()
 
@@ -312,8 +313,8 @@ class ChatSession:
         (what comes before the first exchange, when there is none yet). A template whose rendering
         of the earlier exchanges changes as the conversation grows gives no pieces: the whole
         conversation is then evaluated with the turn, as the first turn is."""
-        fmt = self.generator.format
-        texts = [fmt.render_parts(self.head.text, "", history[:n], "?")[1] for n in range(len(history) + 1)]
+        exchanges = tuple((q, a) for q, a in history)
+        texts = [self._rendered(exchanges[:n]) for n in range(len(exchanges) + 1)]
         if any(not later.startswith(earlier) for earlier, later in zip(texts, texts[1:], strict=False)):
             return [self.head.tokens], texts[-1]
         pieces = [self.head.tokens]
@@ -321,6 +322,15 @@ class ChatSession:
             start = len(earlier) if len(pieces) > 1 else 0
             pieces.append(self._tokens(later[start:]))
         return pieces, texts[-1] if len(texts) == 1 else ""
+
+    def _rendered(self, history: tuple[tuple[str, str], ...]) -> str:
+        """The conversation's text after these exchanges, remembered: each turn renders the same ones."""
+        found = self._texts.get(history)
+        if found is None:
+            if len(self._texts) > 4096:
+                self._texts.clear()
+            found = self._texts[history] = self.generator.format.render_parts(self.head.text, "", list(history), "?")[1]
+        return found
 
     def _tokens(self, text: str) -> list[int]:
         """Tokens of a piece of conversation, remembered: each turn tokenizes the same exchanges."""
