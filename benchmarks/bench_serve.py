@@ -11,7 +11,8 @@
 4. add throughput for --seconds: 8 clients adding through the server against
    8 processes running `memos --no-server add` in a loop (target: 5 times);
 5. the first token of `memos chat QUESTION` through the server, with a
-   current KV cache of the cube's pinned memory (target: 0.3 s).
+   current KV cache of the cube's pinned memory (target: 0.3 s), with chat's
+   defaults, with no relevance floor, and with fewer memories (k 1 to 4).
 
 The store is built like bench_portable's: a pack of --n units with random
 unit vectors, imported (embedding 100k texts is not what is measured; every
@@ -215,12 +216,13 @@ def part5(store: Path, rounds: int) -> None:
         assert server is not None
         # Chat's relevance floor keeps out of the prompt what recall finds but is not about the question (in
         # a store of random vectors, everything): "full" turns it off, to measure a prompt with all it recalls.
-        firsts: dict[str, list[float]] = {"default": [], "full": [], "small": []}
+        sweep = {f"k{k}": {"k": k, "budget": 64 * k} for k in (1, 2, 3)}  # chat's defaults otherwise
+        firsts: dict[str, list[float]] = {"default": [], "full": [], "small": [], **{label: [] for label in sweep}}
         used: list[int] = []  # memories in the prompt with the defaults
         asked = queries(rounds + 1, seed=5)  # about the people and things of common.sentences
         for i in range(rounds + 1):
             for label, extra in (("default", {}), ("full", {"min_relevance": 0}),
-                                 ("small", {"k": 4, "budget": 256, "min_relevance": 0})):
+                                 ("small", {"k": 4, "budget": 256, "min_relevance": 0}), *sweep.items()):
                 start = time.perf_counter()
                 first = None
                 for line in server.stream("/v1/ask", {"question": asked[i], "stream": True,
@@ -246,8 +248,11 @@ def part5(store: Path, rounds: int) -> None:
           f"(a request on the socket): {median(firsts['default']):.3f}s with chat's defaults (relevance floor 0.5: "
           f"{median(used):.0f} memories recalled), {median(firsts['full']):.3f}s with no floor (k 8, 1,024 tokens of "
           f"recalled memory), "
-          f"{median(firsts['small']):.3f}s with no floor, k 4 and 256 tokens; `memos chat QUESTION` from a "
-          f"shell (defaults), first byte of the answer: median {median(shell):.3f}s", flush=True)
+          f"{median(firsts['small']):.3f}s with no floor, k 4 and 256 tokens; "
+          + ", ".join(f"{median(firsts[label]):.3f}s with k {extra['k']} and {extra['budget']} tokens"
+                      for label, extra in sweep.items())
+          + f"; `memos chat QUESTION` from a shell (defaults), first byte of the answer: median {median(shell):.3f}s",
+          flush=True)
 
 
 def main() -> None:

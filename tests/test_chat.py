@@ -327,6 +327,21 @@ def test_a_template_that_rewrites_earlier_turns_gets_the_whole_conversation_each
     assert session.turns[2].prompt_tokens < session.turns[1].prompt_tokens + 60  # the window, not the whole history
 
 
+def test_a_stop_string_ends_the_answer_before_it_and_the_pieces_are_the_text() -> None:
+    from memos_cli.models.generator import load_generator
+
+    with load_generator(None) as gen:
+        tokens = gen.tokenize("Alice lives in Lisbon and Bob lives in Paris.\nUser: Where do they live?\nAssistant:",
+                              head=True)
+        whole = list(gen.stream(tokens, temperature=0.0, max_tokens=24))
+        text = "".join(whole)
+        stop = text[len(text) // 2:len(text) // 2 + 3]
+        assert len(stop) == 3, text
+        cut = list(gen.stream(tokens, temperature=0.0, max_tokens=24, stop=[stop]))
+    assert "".join(cut) == text[:text.index(stop)]
+    assert len(whole) > 1  # streamed a token or so at a time, not held back to the end
+
+
 def test_an_interactive_session_on_a_terminal(chat_store: Path) -> None:
     import pty  # noqa: F401 - POSIX only, like the terminal it stands for
     import select

@@ -96,3 +96,15 @@ def test_a_template_that_cannot_hold_the_head_is_refused() -> None:
     fmt = PromptFormat("{{ raise_exception('no') }}", "<bos>", "<eos>")
     with pytest.raises(ModelError, match="chat template"):
         fmt.render("HEAD", "", [], "q?")
+
+
+def test_only_what_may_begin_a_stop_string_is_held_back() -> None:
+    from memos_cli.models.generator import _stop_start
+
+    stops = ["\nUser:", "\n- [", "\nMemories that may be relevant:"]
+    assert _stop_start("Hello there", stops) == 0  # the first piece goes out at once
+    assert _stop_start("Hello\n", stops) == 1
+    assert _stop_start("Hello\nUs", stops) == 3
+    assert _stop_start("a\n-", stops) == 2
+    assert _stop_start("x\nMemories that", stops) == len("\nMemories that")
+    assert _stop_start("", stops) == 0 and _stop_start("abc", []) == 0

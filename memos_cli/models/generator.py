@@ -374,7 +374,6 @@ class Generator:
         if seed is not None:
             self._llm.set_seed(seed)
         stops = [s for s in (stop or []) + self.format.stop if s]
-        hold = max((len(s) for s in stops), default=1) - 1
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         pending = ""
         greedy = temperature <= 0
@@ -401,9 +400,10 @@ class Generator:
                     return
                 if produced >= max_tokens:
                     break
-                if len(pending) > hold:
-                    yield pending[: len(pending) - hold]
-                    pending = pending[len(pending) - hold:]
+                held = _stop_start(pending, stops)  # what may yet become a stop string waits for the next token
+                if len(pending) > held:
+                    yield pending[: len(pending) - held]
+                    pending = pending[len(pending) - held:]
         pending += decoder.decode(b"", final=True)
         if pending:
             yield pending
@@ -421,6 +421,17 @@ class Generator:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _stop_start(text: str, stops: list[str]) -> int:
+    """The length of the longest end of ``text`` that is the start of a stop string."""
+    longest = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text)), longest, -1):
+            if text.endswith(stop[:n]):
+                longest = n
+                break
+    return longest
 
 
 def load_generator(spec: str | None, *, n_ctx: int = DEFAULT_CTX) -> Generator:
