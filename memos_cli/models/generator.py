@@ -7,10 +7,11 @@ never chat do not pay for it.
 Activation memory rests on two properties kept here:
 
 - a prompt is always two token lists, the *head* (instructions and the block
-  of memory that a KV cache holds) and the *tail* (this turn's recalled
-  memories, the conversation, the question), tokenized separately and
+  of memory that a KV cache holds) and the *tail* (the conversation, then
+  this turn's recalled memories and question), tokenized separately and
   concatenated, so the head's tokens are the same whether they come from a
-  saved cache or are prefilled now;
+  saved cache or are prefilled now (a chat session splits the tail further,
+  an exchange of the conversation a piece: ``chat.session``);
 - the head is always evaluated on its own, in the same batches, before the
   tail: the KV values restored from a cache are then bit for bit those a
   prefill would compute, and greedy decoding gives the same answer both ways.
