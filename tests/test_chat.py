@@ -342,6 +342,20 @@ def test_a_stop_string_ends_the_answer_before_it_and_the_pieces_are_the_text() -
     assert len(whole) > 1  # streamed a token or so at a time, not held back to the end
 
 
+def test_chat_k_and_budget_from_memos_toml_and_flags_over_them(chat_store: Path, cli) -> None:
+    assert len(ask(cli, "--no-save", "--min-relevance", "0")["memories"]) == 2  # the two that are not pinned
+    assert cli("config", "set", "chat.k", "1").returncode == 0
+    assert len(ask(cli, "--no-save", "--min-relevance", "0")["memories"]) == 1
+    assert len(ask(cli, "--no-save", "--min-relevance", "0", "-k", "2")["memories"]) == 2  # the flag wins
+    assert cli("config", "set", "chat.budget", "0").returncode == 0
+    assert ask(cli, "--no-save", "--min-relevance", "0")["memories"] == []  # no room for any
+    before = (chat_store / "memos.toml").read_text()
+    for key, bad in (("chat.k", "0"), ("chat.k", "101"), ("chat.budget", "-1"), ("chat.k", "many")):
+        done = cli("config", "set", key, bad)
+        assert done.returncode != 0 and len(done.err.strip().splitlines()) == 1 and "Traceback" not in done.err
+    assert (chat_store / "memos.toml").read_text() == before
+
+
 def test_an_interactive_session_on_a_terminal(chat_store: Path) -> None:
     import pty  # noqa: F401 - POSIX only, like the terminal it stands for
     import select

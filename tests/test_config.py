@@ -187,10 +187,11 @@ def test_the_old_sections_load_as_before(tmp_path: Path) -> None:
 def test_settings_get_with_value_and_without() -> None:
     cfg = StoreConfig()
     keys = [s.key for s in cfg.settings()]
-    assert keys == all_keys() and keys[:8] == ["store.schema_version", "embedding.model", "lock.timeout", "recall.k",
-                                               "recall.min_relevance", "chat.model", "chat.ctx", "chat.min_relevance"]
+    assert keys == all_keys() and keys[:10] == ["store.schema_version", "embedding.model", "lock.timeout", "recall.k",
+                                                "recall.min_relevance", "chat.model", "chat.ctx", "chat.k",
+                                                "chat.budget", "chat.min_relevance"]
     n = len(policy_keys())
-    assert keys[8:8 + n] == policy_keys() and keys[8 + n:] == privacy_keys()
+    assert keys[10:10 + n] == policy_keys() and keys[10 + n:] == privacy_keys()
     assert all(s.is_default for s in cfg.settings())
     assert cfg.get("consolidate.duplicates.similarity").value == 0.92
     changed = cfg.with_value("lock.timeout", 3)

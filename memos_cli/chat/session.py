@@ -57,8 +57,8 @@ class ChatOptions:
     cube: str = "default"
     user: str | None = None
     filters: Filters = field(default_factory=Filters)  # the user's recall filters; ``cube`` is set from ``cube``
-    k: int = DEFAULT_K
-    budget: int = DEFAULT_BUDGET
+    k: int | None = None  # None: [chat] k of memos.toml, else DEFAULT_K
+    budget: int | None = None  # None: [chat] budget of memos.toml, else DEFAULT_BUDGET
     min_relevance: float | None = None  # None: [chat] min_relevance of memos.toml, else DEFAULT_MIN_RELEVANCE
     temperature: float = 0.7
     max_tokens: int = 256
@@ -74,9 +74,9 @@ class ChatOptions:
     privacy: dict[str, str] = field(default_factory=dict)  # --privacy: this session's override of the policy
 
     def __post_init__(self) -> None:
-        if not 1 <= self.k <= 100:
+        if self.k is not None and not 1 <= self.k <= 100:
             raise UsageError(f"bad -k {self.k}: use a whole number from 1 to 100")
-        if self.budget < 0:
+        if self.budget is not None and self.budget < 0:
             raise UsageError(f"bad --budget {self.budget}: use a number of tokens from 0")
         if self.min_relevance is not None and not 0.0 <= self.min_relevance <= 1.0:
             raise UsageError(f"bad --min-relevance {self.min_relevance}: use a number from 0 to 1")
@@ -278,7 +278,7 @@ class ChatSession:
         if not self.options.recall:
             return []
         skip = set(self.head.units)
-        wanted = self.options.k
+        wanted = self.options.k or self.store.config.chat_k or DEFAULT_K
         floor = self.options.min_relevance
         if floor is None:
             floor = self.store.config.chat_min_relevance
@@ -291,7 +291,10 @@ class ChatSession:
     def _prompt(self, question: str, memories: list[MemoryUnit]) -> tuple[list[list[int]], list[int], list[MemoryUnit]]:
         """The prompt as the head and conversation's pieces and this turn's tokens, and the memories in it."""
         gen = self.generator
-        block, used = prompt.recalled_block(memories, self.options.budget, gen.count)
+        budget = self.options.budget
+        if budget is None:
+            budget = DEFAULT_BUDGET if self.store.config.chat_budget is None else self.store.config.chat_budget
+        block, used = prompt.recalled_block(memories, budget, gen.count)
         history = list(self.history)
         while True:  # the head's tokens are fixed; only what follows is rendered here
             pieces, rest = self._conversation(history)

@@ -33,9 +33,10 @@ def chat(
     cube: Annotated[str, typer.Option("--cube", metavar="CUBE", help="The cube to recall from and save to.")] = "default",
     user: Annotated[str | None, typer.Option("--user", metavar="USER", help="Saved turns' user (default: $MEMOS_USER).")] = None,
     kind: KindF = None, tag: TagF = None, since: SinceF = None, until: UntilF = None,
-    k: Annotated[int, typer.Option("-k", metavar="N", help="Memories recalled per turn.", min=1, max=100)] = 8,
-    budget: Annotated[int, typer.Option("--budget", metavar="TOKENS",
-                                        help="Tokens of recalled memories per turn.", min=0)] = 1024,
+    k: Annotated[int | None, typer.Option("-k", metavar="N", min=1, max=100, help=(
+        "Memories recalled per turn, at most (default: \\[chat] k in memos.toml, else 8)."))] = None,
+    budget: Annotated[int | None, typer.Option("--budget", metavar="TOKENS", min=0, help=(
+        "Tokens of recalled memories per turn, at most (default: \\[chat] budget in memos.toml, else 1024)."))] = None,
     min_relevance: Annotated[float | None, typer.Option(
         "--min-relevance", metavar="X", min=0.0, max=1.0,
         help="Recalled memories with a relevance below X stay out of the prompt (default: \\[chat] "

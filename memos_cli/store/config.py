@@ -86,6 +86,10 @@ _SPECS = (
           "a path to a GGUF chat model (none: Gemma 3 270M from its package); --model overrides it", text()),
     _Spec("chat.ctx", "chat_ctx", None, "the chat's context size in tokens (none: 8192); --ctx overrides it",
           whole(256, 1 << 20)),
+    _Spec("chat.k", "chat_k", None, "memories recalled per chat turn at most (none: 8); -k overrides it",
+          whole(1, 100)),
+    _Spec("chat.budget", "chat_budget", None,
+          "tokens of recalled memories per chat turn at most (none: 1024); --budget overrides it", whole(0, 1 << 20)),
     _Spec("chat.min_relevance", "chat_min_relevance", None,
           "memories recalled for a question with a relevance below this are not shown to the model "
           "(none: 0.5)", number(0, 1)),
@@ -139,6 +143,8 @@ class StoreConfig:
     recall_min_relevance: float = 0.0  # results below it are dropped (0: none)
     chat_model: str | None = None  # a path to a GGUF chat model; None: Gemma 3 270M from its package
     chat_ctx: int | None = None  # the chat's context size in tokens; None: 8192
+    chat_k: int | None = None  # memories recalled per chat turn; None: 8
+    chat_budget: int | None = None  # tokens of recalled memories per chat turn; None: 1024
     chat_min_relevance: float | None = None  # memories below it are not put in the prompt; None: 0.5
     consolidate: ConsolidatePolicy = field(default_factory=ConsolidatePolicy)  # the policy of `memos consolidate`
     consolidate_keys: frozenset[str] = frozenset()  # its keys present in memos.toml: written back even at defaults
@@ -211,7 +217,8 @@ class StoreConfig:
         }
         if self.recall_min_relevance:  # written only when set, so older memos read the file as before
             doc["recall"]["min_relevance"] = self.recall_min_relevance
-        chat = {"model": self.chat_model, "ctx": self.chat_ctx, "min_relevance": self.chat_min_relevance}
+        chat = {"model": self.chat_model, "ctx": self.chat_ctx, "k": self.chat_k, "budget": self.chat_budget,
+                "min_relevance": self.chat_min_relevance}
         if any(v is not None for v in chat.values()):
             doc["chat"] = {k: v for k, v in chat.items() if v is not None}
         for section, table in self.extra_keys.items():
@@ -232,7 +239,8 @@ class StoreConfig:
             "# memos store settings. Edit with care: this file is versioned with the memory.\n"
             "# `memos config` lists every setting with its default; `memos config set KEY VALUE` changes one.\n"
             "# [embedding] model: 'all-MiniLM-L6-v2' (the default) or a path to a GGUF embedding model.\n"
-            "# [chat] model: a path to a GGUF chat model (default: Gemma 3 270M); ctx: its context size.\n"
+            "# [chat] model: a path to a GGUF chat model (default: Gemma 3 270M); ctx: its context size;\n"
+            "# k, budget: memories recalled per turn, and their tokens (fewer: a sooner first token).\n"
             "# [consolidate.*]: the policy of `memos consolidate` (duplicates, superseded, expiry, heat,\n"
             "# episodes, compaction); only the settings changed from their defaults need be here.\n"
             "# [privacy]: what writes do with secrets and personal data (refuse, redact, allow).\n"
