@@ -97,6 +97,12 @@ def text_words(text: str) -> set[str]:
     return _words(index_terms(text))
 
 
+def covered(query: set[str], text: str) -> tuple[set[str], float]:
+    """The query's words that ``text`` holds, and their share of the query (``coverage``)."""
+    found = query & text_words(text)
+    return found, len(found) / len(query) if query else 0.0
+
+
 def relevance(cosine: float, coverage: float) -> float:
     """The calibrated relevance of a result with these two measures (see the module's docstring)."""
     z = A_COSINE * cosine + B_COVERAGE * coverage + C_BIAS
@@ -108,8 +114,7 @@ def assess(query: set[str], text: str, cosine: float, model: str | None = None) 
 
     ``query`` is ``query_words(the query)``; ``text`` the result's passage.
     """
-    found = query & text_words(text)
-    coverage = len(found) / len(query) if query else 0.0
+    found, coverage = covered(query, text)
     out: dict[str, Any] = {
         "relevance": round(relevance(cosine, coverage), 4),
         "cosine": round(cosine, 4),

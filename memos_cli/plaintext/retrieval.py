@@ -484,15 +484,14 @@ def _rerank(ds: Any, query: str, qv: np.ndarray, rowids: list[int], scores: dict
 
     The relevance is the unit's own (its text, without context): ``rate`` gives the passage's later.
     """
-    from memos_cli.plaintext.relevance import query_words, relevance, text_words
+    from memos_cli.plaintext.relevance import covered, query_words, relevance
 
     taken = ds._take_rows(rowids, columns=["text", "vector"])
     cosines = _cosines(qv, taken.column("vector"))
     texts = taken.column("text").to_pylist()
     words = query_words(query)
     for rowid, text, cos in zip(rowids, texts, cosines, strict=True):
-        coverage = len(words & text_words(text)) / len(words) if words else 0.0
-        rel = relevance(cos, coverage)
+        rel = relevance(cos, covered(words, text)[1])
         signals[rowid]["fused"] = round(scores[rowid], 6)
         signals[rowid]["unit_relevance"] = round(rel, 4)
         scores[rowid] = (scores[rowid] + WEIGHT_RELEVANCE * rel) / (1.0 + WEIGHT_RELEVANCE)
