@@ -242,10 +242,13 @@ class Generator:
         if memory is not None:
             self._lib.llama_memory_clear(memory, True)
 
+    def _check_prompt(self, n_tokens: int) -> None:
+        if n_tokens >= self.n_ctx:
+            raise UsageError(f"the prompt is {n_tokens} tokens, more than the context of {self.n_ctx} (use --ctx)")
+
     def prefill(self, tokens: list[int]) -> None:
         """Evaluate ``tokens`` from an empty context (in ``N_BATCH`` batches)."""
-        if len(tokens) >= self.n_ctx:
-            raise UsageError(f"the prompt is {len(tokens)} tokens, more than the context of {self.n_ctx} (use --ctx)")
+        self._check_prompt(len(tokens))
         self._clear()
         self._llm.eval(tokens)
 
@@ -253,8 +256,7 @@ class Generator:
         """Evaluate ``tokens``, starting from a state saved after ``state_tokens``: the part of it the
         two share at their start is kept, the rest evaluated. Returns how many tokens were kept (0: it
         was prefilled from empty, as llama.cpp cannot drop the tail of some caches, a sliding window's)."""
-        if len(tokens) >= self.n_ctx:
-            raise UsageError(f"the prompt is {len(tokens)} tokens, more than the context of {self.n_ctx} (use --ctx)")
+        self._check_prompt(len(tokens))
         common = 0
         for old, new in zip(state_tokens, tokens, strict=False):
             if old != new:
@@ -279,9 +281,7 @@ class Generator:
 
     def extend(self, tokens: list[int]) -> None:
         """Evaluate ``tokens`` after what the context holds (in ``N_BATCH`` batches)."""
-        if self._llm.n_tokens + len(tokens) >= self.n_ctx:
-            raise UsageError(f"the prompt is {self._llm.n_tokens + len(tokens)} tokens, more than the context of "
-                             f"{self.n_ctx} (use --ctx)")
+        self._check_prompt(self._llm.n_tokens + len(tokens))
         self._llm.eval(tokens)
 
     def save_state(self) -> np.ndarray:
@@ -369,8 +369,7 @@ class Generator:
         restored head) is reused; the rest is evaluated first. Stops at an
         end-of-generation token, a stop string (not yielded) or ``max_tokens``.
         """
-        if len(tokens) >= self.n_ctx:
-            raise UsageError(f"the prompt is {len(tokens)} tokens, more than the context of {self.n_ctx} (use --ctx)")
+        self._check_prompt(len(tokens))
         max_tokens = min(max_tokens, self.n_ctx - len(tokens))
         if seed is not None:
             self._llm.set_seed(seed)
